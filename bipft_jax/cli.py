@@ -1,0 +1,51 @@
+"""The single `bipft` command. Each subcommand lives in its own module as `main(argv)`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> ("module:function", one-line help). Imported lazily so `bipft --help` is instant.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("bipft_jax.demo:main", "train a small binarized MLP on CPU and show the loss falling"),
+    "stats": ("bipft_jax.model.stats:main", "parameters, sizes and FLOPs of a model config"),
+    "prepare": ("bipft_jax.data.prepare:main", "tokenize a corpus into sharded records"),
+    "pretrain": ("bipft_jax.train.pretrain:main", "binary pretraining with distillation"),
+    "finetune": ("bipft_jax.train.finetune:main", "GLUE fine-tuning of a (binary) model"),
+    "sweep": ("bipft_jax.train.sweep:main", "GLUE sweep over tasks x presets x lrs x seeds"),
+    "export": ("bipft_jax.export.cli:main", "export to Hugging Face / PyTorch / packed 1-bit"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: bipft <command> [options]", "", "commands:"]
+    width = max(len(n) for n in COMMANDS)
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `bipft <command> --help` for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"bipft: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    target, _ = COMMANDS[name]
+    module_name, func_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("bipft_jax"):
+            print(f"bipft: command {name!r} is not available in this version", file=sys.stderr)
+            return 2
+        raise
+    result = getattr(module, func_name)(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

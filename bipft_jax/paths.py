@@ -1,0 +1,38 @@
+"""Where the project finds its shared, read-only data (never copied into the repo)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_ENV_VAR = "BIPFT_DATA_DIR"
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """Root of the shared data folder: `$BIPFT_DATA_DIR`, else `<repo>/../shared/data`.
+
+    The folder holds `glue_data/`, `corpus/` and `vocab/` (see its README). The path is
+    returned even when it does not exist; callers decide whether that is an error.
+    """
+    env = os.environ.get(DATA_ENV_VAR)
+    if env:
+        return Path(env).expanduser().resolve()
+    for base in (_REPO_ROOT, Path.cwd()):
+        candidate = (base / ".." / "shared" / "data").resolve()
+        if candidate.is_dir():
+            return candidate
+    return (_REPO_ROOT / ".." / "shared" / "data").resolve()
+
+
+def default_vocab_file() -> Path:
+    return shared_data_dir() / "vocab" / "bert-base-uncased-vocab.txt"
+
+
+def default_glue_dir() -> Path:
+    return shared_data_dir() / "glue_data"
+
+
+def default_corpus_files() -> list[Path]:
+    corpus = shared_data_dir() / "corpus"
+    return [corpus / "wikitext-2-raw-test.txt", corpus / "austen-novels.txt"]
