@@ -1,0 +1,34 @@
+"""Binarization numerics: pure `jax.custom_vjp` functions and the Linen blocks built on them."""
+
+from bipft_jax.quant.config import ActQuant, DenseQuant, WeightQuant
+from bipft_jax.quant.elastic import ALPHA_MIN, elastic_quantize, init_alpha, levels
+from bipft_jax.quant.layers import (
+    CALIBRATION,
+    ActQuantizer,
+    BinaryDense,
+    LearnableBias,
+    calibrate_alphas,
+)
+from bipft_jax.quant.ste import bool_ste, sign_ste, ste_mask
+from bipft_jax.quant.weights import bibert_weight, bwn, quantize_weight
+
+__all__ = [
+    "ALPHA_MIN",
+    "CALIBRATION",
+    "ActQuant",
+    "ActQuantizer",
+    "BinaryDense",
+    "DenseQuant",
+    "LearnableBias",
+    "WeightQuant",
+    "bibert_weight",
+    "bool_ste",
+    "bwn",
+    "calibrate_alphas",
+    "elastic_quantize",
+    "init_alpha",
+    "levels",
+    "quantize_weight",
+    "sign_ste",
+    "ste_mask",
+]

@@ -1,0 +1,137 @@
+"""Flax Linen building blocks: `LearnableBias`, `ActQuantizer`, `BinaryDense`, α calibration."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.core import meta, unfreeze
+
+from bipft_jax.quant.config import ActQuant, DenseQuant
+from bipft_jax.quant.elastic import elastic_quantize, init_alpha
+from bipft_jax.quant.ste import bool_ste, sign_ste
+from bipft_jax.quant.weights import quantize_weight
+
+Initializer = Callable[..., jax.Array]
+CALIBRATION = "calibration"  # collection written by `calibrate_alphas`
+
+
+class LearnableBias(nn.Module):
+    """Per-channel learnable shift β (init 0) over the last axis: BiT's `move`."""
+
+    axis_name: str | None = "embed"
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axis_name,))
+        bias = self.param("bias", init, (x.shape[-1],), self.param_dtype)
+        return x + bias.astype(x.dtype)
+
+
+class ActQuantizer(nn.Module):
+    """Binarizes (or k-bit quantizes) an activation tensor as `cfg` says.
+
+    Elastic methods own a scalar param `alpha`, initialised at `init` from the real batch
+    (2·mean|x| signed, 4·mean|x| unsigned, over √Qp for k bits) and stored in the params so it
+    survives checkpoints. When the `calibration` collection is mutable, α is recomputed from the
+    current input and used at once (see `calibrate_alphas`).
+    """
+
+    cfg: ActQuant
+    bias_axis: str | None = "embed"
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        if not cfg.enabled:
+            return x
+        if cfg.learnable_bias:
+            x = LearnableBias(self.bias_axis, self.param_dtype, name="shift")(x)
+        if cfg.method == "sign":
+            return sign_ste(x, cfg.ste, cfg.clip, cfg.clip_inclusive)
+        if cfg.method == "bool":
+            return bool_ste(x, cfg.ste, cfg.clip, cfg.clip_inclusive)
+        signed = cfg.method == "elastic_signed"
+        data_init = lambda _rng: init_alpha(x, cfg.bits, signed).astype(self.param_dtype)
+        alpha = self.param("alpha", nn.with_logical_partitioning(data_init, ()))
+        if self.is_mutable_collection(CALIBRATION) and not self.is_initializing():
+            calibrated = self.variable(CALIBRATION, "alpha", data_init, None)
+            calibrated.value = data_init(None)
+            alpha = calibrated.value
+        return elastic_quantize(x, alpha, cfg.bits, signed, cfg.numel_multiplier, cfg.shift_min)
+
+
+class BinaryDense(nn.Module):
+    """A dense layer whose weight and input binarizers are injected by `quant`.
+
+    Written once: FP, BiBERT, BiT and BiPFT linears differ only in `quant`. The kernel is
+    `[in, out]` with logical axes `kernel_axes`; binarization statistics are computed in the
+    parameter dtype (fp32), the matmul in `dtype`.
+    """
+
+    features: int
+    quant: DenseQuant = DenseQuant()
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = nn.initializers.normal(stddev=0.02)
+    bias_init: Initializer = nn.initializers.zeros_init()
+    kernel_axes: tuple[str | None, str | None] = ("embed", "mlp")
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+            (x.shape[-1], self.features),
+            self.param_dtype,
+        )
+        x = ActQuantizer(
+            self.quant.input, self.kernel_axes[0], self.param_dtype, name="input_quant"
+        )(x)
+        kernel = quantize_weight(kernel, self.quant.weight)
+        bias = None
+        if self.use_bias:
+            bias_init = nn.with_logical_partitioning(self.bias_init, (self.kernel_axes[1],))
+            bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jax.lax.dot_general(
+            x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision
+        )
+        if bias is not None:
+            y = y + bias
+        return y
+
+
+def calibrate_alphas(model: nn.Module, variables: Any, *args: Any, **kwargs: Any) -> dict:
+    """Recompute every elastic α from data, in forward order (the references' lazy init).
+
+    Use it after loading FP weights into a binary student: each quantizer takes α from its own
+    input, and later layers already see the recalibrated earlier layers. Returns new variables.
+    Models that `nn.scan` over layers must list the `calibration` collection in `variable_axes`.
+    """
+    new = {k: v for k, v in unfreeze(variables).items() if k != CALIBRATION}
+    _, updates = model.apply(new, *args, mutable=[CALIBRATION], **kwargs)
+    calibrated = unfreeze(updates).get(CALIBRATION, {})
+
+    def merge(params: dict, cal: dict, path: str) -> None:
+        for key, value in cal.items():
+            if key not in params:
+                raise KeyError(f"calibration produced {path}/{key}, which is not in the params")
+            if isinstance(value, dict):
+                merge(params[key], value, f"{path}/{key}")
+            else:
+                old = params[key]
+                if isinstance(old, meta.Partitioned):
+                    params[key] = old.replace_boxed(jnp.asarray(value, old.value.dtype))
+                else:
+                    params[key] = jnp.asarray(value, jnp.asarray(old).dtype)
+
+    merge(new["params"], calibrated, "params")
+    return new
