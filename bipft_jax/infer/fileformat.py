@@ -1,0 +1,158 @@
+"""Versioned on-disk container for a packed model: `manifest.json` + `tensors.safetensors`.
+
+The manifest (JSON) records ``format`` and ``format_version``, the caller's fields (e.g.
+``preset``, ``config``), one entry per tensor (``shape``, ``dtype``, and any caller metadata such as
+``role`` = ``packed_signs`` / ``packed_mask`` / ``scale`` / ``fp`` and the logical ``k``), and for
+every data file its byte size and SHA-256. Loading checks, in order: the manifest exists and
+parses, the version is known, each data file exists, has the recorded size (else "truncated"),
+and has the recorded checksum (else "corrupt"); then that the tensors match the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+FORMAT_NAME = "bipft-packed"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TENSOR_FILE = "tensors.safetensors"
+_RESERVED = ("format", "format_version", "files", "tensors")
+
+
+class PackedFormatError(ValueError):
+    """A packed-model directory is missing, corrupt, truncated or of an unknown version."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_packed(
+    path: str | os.PathLike,
+    arrays: Mapping[str, np.ndarray],
+    manifest: Mapping[str, Any],
+    tensor_meta: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write ``arrays`` and a manifest into directory ``path`` (created; existing files replaced).
+
+    ``manifest`` holds JSON-serializable caller fields (``preset``, ``config``, ...); it must not
+    use the reserved keys ``format``, ``format_version``, ``files``, ``tensors``. ``tensor_meta``
+    adds per-tensor JSON fields (``role``, ``k``, ...). Returns the directory path.
+    """
+    out = Path(path)
+    clash = [k for k in _RESERVED if k in manifest]
+    if clash:
+        raise ValueError(f"manifest uses reserved keys {clash}")
+    tensor_meta = dict(tensor_meta or {})
+    unknown = sorted(set(tensor_meta) - set(arrays))
+    if unknown:
+        raise ValueError(f"tensor_meta names tensors that are not in arrays: {unknown}")
+    out.mkdir(parents=True, exist_ok=True)
+    host = {name: np.ascontiguousarray(np.asarray(a)) for name, a in arrays.items()}
+    save_file(host, str(out / TENSOR_FILE))
+    tensors = {
+        name: {"shape": list(a.shape), "dtype": a.dtype.name, **dict(tensor_meta.get(name, {}))}
+        for name, a in sorted(host.items())
+    }
+    body = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        **dict(manifest),
+        "tensors": tensors,
+        "files": {
+            TENSOR_FILE: {
+                "bytes": (out / TENSOR_FILE).stat().st_size,
+                "sha256": _sha256(out / TENSOR_FILE),
+            }
+        },
+    }
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    tmp.replace(out / MANIFEST)
+    return out
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse and version-check ``<path>/manifest.json`` (no data files are read)."""
+    mpath = Path(path) / MANIFEST
+    if not Path(path).is_dir():
+        raise PackedFormatError(f"packed model directory not found: {path}")
+    if not mpath.is_file():
+        raise PackedFormatError(f"missing manifest: {mpath}")
+    try:
+        body = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PackedFormatError(f"unreadable manifest {mpath}: {e}") from e
+    if not isinstance(body, dict) or body.get("format") != FORMAT_NAME:
+        raise PackedFormatError(f"{mpath} is not a {FORMAT_NAME} manifest")
+    version = body.get("format_version")
+    if version != FORMAT_VERSION:
+        raise PackedFormatError(
+            f"{mpath}: unknown format_version {version!r} (this code reads {FORMAT_VERSION})"
+        )
+    for key in ("files", "tensors"):
+        if not isinstance(body.get(key), dict):
+            raise PackedFormatError(f"{mpath}: missing or malformed '{key}'")
+    return body
+
+
+def verify_files(path: str | os.PathLike, body: Mapping[str, Any]) -> None:
+    """Check every data file listed in the manifest for presence, size and SHA-256."""
+    for name, rec in body["files"].items():
+        f = Path(path) / name
+        if not f.is_file():
+            raise PackedFormatError(f"missing data file {f} (listed in the manifest)")
+        size = f.stat().st_size
+        if size != rec["bytes"]:
+            kind = "truncated" if size < rec["bytes"] else "oversized"
+            raise PackedFormatError(f"{kind} data file {f}: {size} bytes, expected {rec['bytes']}")
+        digest = _sha256(f)
+        if digest != rec["sha256"]:
+            raise PackedFormatError(
+                f"corrupt data file {f}: sha256 {digest} != manifest {rec['sha256']}"
+            )
+
+
+def load_packed(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load a directory written by :func:`save_packed`: ``(arrays, manifest)``, fully verified."""
+    body = read_manifest(path)
+    verify_files(path, body)
+    f = Path(path) / TENSOR_FILE
+    try:
+        arrays = load_file(str(f))
+    except Exception as e:  # safetensors raises its own error types
+        raise PackedFormatError(f"cannot parse {f}: {e}") from e
+    if set(arrays) != set(body["tensors"]):
+        raise PackedFormatError(
+            f"{f}: tensors {sorted(arrays)} do not match the manifest {sorted(body['tensors'])}"
+        )
+    for name, rec in body["tensors"].items():
+        a = arrays[name]
+        if list(a.shape) != rec["shape"] or a.dtype.name != rec["dtype"]:
+            raise PackedFormatError(
+                f"{f}: tensor {name!r} is {a.dtype.name}{list(a.shape)}, manifest says "
+                f"{rec['dtype']}{rec['shape']}"
+            )
+    return arrays, body
+
+
+def packed_size_bytes(source: str | os.PathLike | Mapping[str, np.ndarray]) -> int:
+    """Exact bytes: of all files in a packed directory (manifest included), or of the raw array
+    buffers in a mapping (no container overhead)."""
+    if isinstance(source, Mapping):
+        return int(sum(np.asarray(a).nbytes for a in source.values()))
+    body = read_manifest(source)
+    files = [MANIFEST, *body["files"]]
+    return int(sum((Path(source) / name).stat().st_size for name in files))
