@@ -1,0 +1,167 @@
+"""Packed XNOR-popcount linear vs XLA FP32 ``jnp.dot`` on BERT-base linear shapes (CPU).
+
+Run: ``python benchmarks/binary_linear.py [--repeats 25] [--chunks 4,8,12,16,24]``.
+Writes ``benchmarks/results/binary_linear.{json,md}``.
+
+Protocol: every variant is jitted and warmed up, then timed in interleaved rounds (one call of
+each variant per round, so load changes on the shared machine hit all variants alike); the
+median over rounds is reported. Each variant's output is checked against the FP32 result of the
+same ±1 matmul before timing. The K-chunk is tuned per shape on the packing-excluded kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bipft_jax.infer.packing import pack_matrix
+from bipft_jax.infer.xnor import binary_linear, xnor_matmul
+
+SHAPES = [(128, 768, 768), (128, 768, 3072), (128, 3072, 768), (512, 768, 3072)]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_info() -> dict[str, object]:
+    """Model name and the ISA flags that decide popcount codegen, from lscpu."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        text = ""
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = fields.get("Flags", "").split()
+    keep = [f for f in flags if f.startswith(("avx", "popcnt", "fma", "bmi", "sse4"))]
+    return {
+        "model_name": fields.get("Model name", platform.processor()),
+        "cpu_family": fields.get("CPU family"),
+        "model": fields.get("Model"),
+        "cpus": fields.get("CPU(s)"),
+        "isa_flags": keep,
+        "avx512_vpopcntdq": "avx512_vpopcntdq" in flags,
+    }
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median milliseconds per variant over ``rounds`` interleaved rounds (after 2 warm-ups)."""
+    for fn in fns.values():
+        for _ in range(2):
+            jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
+def bench_shape(m: int, k: int, n: int, chunks: list[int], rounds: int) -> dict[str, object]:
+    rng = np.random.default_rng(m + k + n)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    scale = np.abs(w).mean(0).astype(np.float32)
+    pa = pack_matrix(x, with_mask=False)
+    pw = pack_matrix(w, axis=0, with_mask=False)
+    xd, wd, sd = jax.device_put(x), jax.device_put(w), jax.device_put(scale)
+    ref = np.sign(x).astype(np.float64) @ np.sign(w)
+
+    fp = jax.jit(jnp.dot)
+    kernels = {c: jax.jit(lambda a, b, c=c: xnor_matmul(a, b, c)) for c in chunks}
+    for c, f in kernels.items():
+        np.testing.assert_array_equal(np.asarray(f(pa, pw)), ref, err_msg=f"chunk {c}")
+    tune = time_interleaved({str(c): (lambda f=f: f(pa, pw)) for c, f in kernels.items()}, rounds)
+    best = min(chunks, key=lambda c: tune[str(c)])
+
+    lin_fast = jax.jit(lambda x, w, s: binary_linear(x, w, s, exact_zeros=False, chunk=best))
+    lin_exact = jax.jit(lambda x, w, s: binary_linear(x, w, s, exact_zeros=True, chunk=best))
+    want = ref * scale
+    for f in (lin_fast, lin_exact):
+        np.testing.assert_allclose(np.asarray(f(xd, pw, sd)), want, rtol=1e-5, atol=1e-4)
+    times = time_interleaved(
+        {
+            "fp32_dot": lambda: fp(xd, wd),
+            "packed_excl_packing": lambda: kernels[best](pa, pw),
+            "packed_incl_packing": lambda: lin_fast(xd, pw, sd),
+            "packed_incl_packing_exact_zeros": lambda: lin_exact(xd, pw, sd),
+        },
+        rounds,
+    )
+    speedup = {k: times["fp32_dot"] / v for k, v in times.items() if k != "fp32_dot"}
+    return {
+        "shape_MxKxN": [m, k, n],
+        "best_chunk_words": best,
+        "chunk_tuning_ms": tune,
+        "median_ms": times,
+        "speedup_vs_fp32": speedup,
+    }
+
+
+def write_markdown(res: dict, path: Path) -> None:
+    lines = [
+        "# Packed binary linear vs XLA FP32 `jnp.dot`",
+        "",
+        f"CPU: {res['cpu']['model_name']} (family {res['cpu']['cpu_family']}, model "
+        f"{res['cpu']['model']}, {res['cpu']['cpus']} CPUs); avx512_vpopcntdq: "
+        f"{res['cpu']['avx512_vpopcntdq']}; jax {res['jax_version']}; median of "
+        f"{res['rounds']} interleaved rounds after warm-up.",
+        "",
+        "| M×K×N | FP32 dot ms | packed, packing excluded | packed + packing | "
+        "packed + packing, exact zeros | best chunk |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in res["results"]:
+        t, s = r["median_ms"], r["speedup_vs_fp32"]
+        cells = [
+            f"{t[k]:.3f} ms ({s[k]:.2f}x)"
+            for k in (
+                "packed_excl_packing",
+                "packed_incl_packing",
+                "packed_incl_packing_exact_zeros",
+            )
+        ]
+        shape = "×".join(map(str, r["shape_MxKxN"]))
+        lines.append(
+            f"| {shape} | {t['fp32_dot']:.3f} | "
+            + " | ".join(cells)
+            + f" | {r['best_chunk_words']} |"
+        )
+    lines += ["", f"ISA flags: {' '.join(res['cpu']['isa_flags'])}", ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=25, help="timed rounds per variant (>= 20)")
+    p.add_argument("--chunks", default="4,8,12,16,24", help="K-chunk sizes (words) to tune over")
+    p.add_argument("--out", type=Path, default=RESULTS / "binary_linear")
+    args = p.parse_args(argv)
+    chunks = [int(c) for c in args.chunks.split(",")]
+    res = {
+        "benchmark": "binary_linear",
+        "cpu": cpu_info(),
+        "jax_version": jax.__version__,
+        "rounds": args.repeats,
+        "results": [],
+    }
+    for m, k, n in SHAPES:
+        r = bench_shape(m, k, n, chunks, args.repeats)
+        print(json.dumps(r), flush=True)
+        res["results"].append(r)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    write_markdown(res, args.out.with_suffix(".md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
