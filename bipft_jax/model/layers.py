@@ -1,0 +1,89 @@
+"""Small building blocks shared by the BERT modules: activations, LayerNorm, dense, embedding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bipft_jax.model.config import BertConfig
+from bipft_jax.quant import BinaryDense, DenseQuant, WeightQuant, quantize_weight
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """ "gelu" is the exact erf GELU (as Hugging Face BERT); "gelu_tanh" the tanh approximation."""
+    if name == "gelu":
+        return lambda x: nn.gelu(x, approximate=False)
+    if name == "gelu_tanh":
+        return lambda x: nn.gelu(x, approximate=True)
+    if name == "relu":
+        return nn.relu
+    raise ValueError(f"unknown activation {name!r}; expected 'gelu', 'gelu_tanh' or 'relu'")
+
+
+def layer_norm(config: BertConfig, name: str, axis: str = "embed") -> nn.LayerNorm:
+    """Post-LN LayerNorm with logical axis names; statistics are computed in float32."""
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)),
+        name=name,
+    )
+
+
+def dense(
+    config: BertConfig,
+    features: int,
+    quant: DenseQuant,
+    kernel_axes: tuple[str, str],
+    name: str,
+    use_bias: bool = True,
+) -> BinaryDense:
+    """A (possibly binary) linear; with `DenseQuant()` it is a plain FP dense layer."""
+    return BinaryDense(
+        features=features,
+        quant=quant,
+        use_bias=use_bias,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        kernel_init=nn.initializers.normal(config.initializer_range),
+        kernel_axes=kernel_axes,
+        name=name,
+    )
+
+
+class QuantEmbed(nn.Module):
+    """Embedding table `[num_embeddings, features]` with an optional weight binarizer.
+
+    `__call__` looks ids up in the binarized table; `attend` uses the *latent* FP table (the MLM
+    decoder of BiPFT is tied to it, methods.md §1.1).
+    """
+
+    num_embeddings: int
+    features: int
+    quant: WeightQuant = WeightQuant(channel_axis=0)
+    axes: tuple[str, str] = ("vocab", "embed")
+    init_std: float = 0.02
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(self.init_std), self.axes),
+            (self.num_embeddings, self.features),
+            self.param_dtype,
+        )
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        table = quantize_weight(self.embedding, self.quant)
+        return jnp.take(table, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        table = jnp.asarray(self.embedding, self.dtype)
+        return jnp.einsum("...e,ve->...v", x.astype(self.dtype), table)
