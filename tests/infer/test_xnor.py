@@ -28,8 +28,8 @@ def test_xnor_matmul_exact(m, k, n, a_zeros, b_zeros):
     b = _values(rng, (k, n), b_zeros)
     pa, pb = pack_matrix(a), pack_matrix(b, axis=0)
     want = (a.astype(np.float64) @ b).astype(np.int32)
-    for chunk in (1, 3, 8):
-        got = jax.jit(lambda x, y, c=chunk: xnor_matmul(x, y, c))(pa, pb)
+    for chunk, wide in [(1, True), (3, True), (8, True), (1, False), (5, False)]:
+        got = jax.jit(lambda x, y, c=chunk, wd=wide: xnor_matmul(x, y, c, wd))(pa, pb)
         assert got.dtype == jnp.int32
         np.testing.assert_array_equal(np.asarray(got), want)
 
@@ -40,8 +40,10 @@ def test_and_matmul_exact(m, k, n, b_zeros):
     rng = np.random.default_rng(k + 7)
     u = (rng.random((m, k)) < 0.4).astype(np.float32)
     b = _values(rng, (k, n), b_zeros)
-    got = jax.jit(and_matmul)(pack_matrix(u, with_mask=False), pack_matrix(b, axis=0))
-    np.testing.assert_array_equal(np.asarray(got), (u @ b).astype(np.int32))
+    pu, pb = pack_matrix(u, with_mask=False), pack_matrix(b, axis=0)
+    for wide in (True, False):
+        got = jax.jit(lambda x, y, wd=wide: and_matmul(x, y, 2, wd))(pu, pb)
+        np.testing.assert_array_equal(np.asarray(got), (u @ b).astype(np.int32))
 
 
 def test_all_ones_and_all_minus_ones():
@@ -90,6 +92,12 @@ def test_binary_linear_scaled_float_output():
     unsigned = jax.jit(lambda x, pw, s: binary_linear(x, pw, s, unsigned=True))
     want_u = w_scale * ((x > 0).astype(np.float32) @ np.sign(w))
     np.testing.assert_allclose(np.asarray(unsigned(x, pw, w_scale)), want_u, rtol=1e-6)
+
+
+def test_wide_path_leaves_global_x64_off():
+    a = pack_matrix(np.ones((2, 70), np.float32))
+    assert np.asarray(xnor_matmul(a, a)).dtype == np.int32
+    assert jnp.asarray(np.ones(2, np.int64)).dtype == jnp.int32  # x64 still disabled outside
 
 
 def test_errors_name_the_mismatch():
