@@ -1,0 +1,29 @@
+"""Mesh, logical-axis rules, shardings and multi-host start-up (model independent)."""
+
+from bipft_jax.parallel.distributed import maybe_initialize_distributed
+from bipft_jax.parallel.mesh import MESH_AXES, make_mesh, resolve_mesh_shape
+from bipft_jax.parallel.rules import PRESETS, check_logical_names, get_rules
+from bipft_jax.parallel.sharding import (
+    abstract_with_shardings,
+    batch_sharding,
+    create_sharded,
+    replicated,
+    shard_host_batch,
+    state_shardings,
+)
+
+__all__ = [
+    "MESH_AXES",
+    "PRESETS",
+    "abstract_with_shardings",
+    "batch_sharding",
+    "check_logical_names",
+    "create_sharded",
+    "get_rules",
+    "make_mesh",
+    "maybe_initialize_distributed",
+    "replicated",
+    "resolve_mesh_shape",
+    "shard_host_batch",
+    "state_shardings",
+]

@@ -1,0 +1,92 @@
+"""The one table mapping logical axis names to mesh axes, with presets.
+
+Every parameter carries logical names (``nn.with_logical_partitioning``); which mesh axis a name
+lands on is decided only here. Presets:
+
+* ``dp``   -- pure data parallelism: batch split over ``data`` and ``fsdp``, params replicated.
+* ``fsdp`` -- as ``dp``, plus every ``embed`` dimension of params (and optimizer state) split over
+  ``fsdp`` (ZeRO-3 style; XLA all-gathers weights where they are used).
+* ``tp``   -- Megatron-style tensor parallelism: ``heads``, ``mlp`` and ``vocab`` over ``tensor``;
+  ``embed`` over ``fsdp``, so a ``fsdp x tensor`` mesh shards 2-D (size-1 ``fsdp`` = pure TP).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+import flax.linen as nn
+import jax
+
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+BATCH_AXES: tuple[str, ...] = ("data", "fsdp")
+
+# Logical names used by the model code. Names mapped to None are always replicated.
+LOGICAL_AXES: tuple[str, ...] = (
+    "batch",  # examples in a batch (activations)
+    "length",  # sequence positions (activations)
+    "vocab",  # word-piece vocabulary
+    "embed",  # hidden size
+    "mlp",  # feed-forward inner size
+    "heads",  # attention heads
+    "kv",  # per-head size
+    "qkv",  # the stacked q/k/v dimension of a fused projection
+    "qkv_rank",  # low-rank factor of attention projections
+    "layers",  # stacked layers under nn.scan
+    "position",  # position-embedding table rows
+    "type_vocab",  # token-type (segment) table rows
+    "norm",  # LayerNorm scale/bias (hidden size, kept whole)
+    "classes",  # classifier outputs
+)
+
+
+def _table(**mapping: str | tuple[str, ...] | None) -> Rules:
+    unknown = set(mapping) - set(LOGICAL_AXES)
+    assert not unknown, unknown
+    return tuple((name, mapping.get(name)) for name in LOGICAL_AXES)
+
+
+PRESETS: dict[str, Rules] = {
+    "dp": _table(batch=BATCH_AXES),
+    "fsdp": _table(batch=BATCH_AXES, embed="fsdp"),
+    "tp": _table(batch=BATCH_AXES, embed="fsdp", vocab="tensor", mlp="tensor", heads="tensor"),
+}
+
+
+def get_rules(spec: str | Iterable[Sequence] = "fsdp") -> Rules:
+    """Rules from a preset name, or validated from an explicit list of ``(logical, mesh)`` pairs."""
+    if isinstance(spec, str):
+        if spec not in PRESETS:
+            raise ValueError(f"unknown sharding preset {spec!r}; choose one of {sorted(PRESETS)}")
+        return PRESETS[spec]
+    rules = []
+    for i, pair in enumerate(spec):
+        if len(pair) != 2 or not isinstance(pair[0], str):
+            raise ValueError(f"rule #{i} {pair!r} must be a (logical_name, mesh_axes) pair")
+        target = pair[1]
+        rules.append((pair[0], tuple(target) if isinstance(target, list) else target))
+    return tuple(rules)
+
+
+def check_logical_names(abstract_tree, rules: Rules) -> None:
+    """Raise ``ValueError`` if a param uses a logical name the rules do not mention.
+
+    Flax silently replicates unknown names, which hides typos such as ``"emebd"``.
+    """
+    known = {name for name, _ in rules}
+    specs = nn.get_partition_spec(abstract_tree)
+    flat = jax.tree_util.tree_flatten_with_path(
+        specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+    )[0]
+    for path, spec in flat:
+        for name in spec:
+            names = name if isinstance(name, tuple) else (name,)
+            for n in names:
+                if n is not None and n not in known:
+                    close = difflib.get_close_matches(n, sorted(known), n=3)
+                    hint = f"; did you mean {close}?" if close else ""
+                    raise ValueError(
+                        f"param {jax.tree_util.keystr(path)} uses logical axis {n!r} "
+                        f"that no rule maps{hint}"
+                    )
