@@ -6,7 +6,8 @@ Writes ``benchmarks/results/binary_linear.{json,md}``.
 Protocol: every variant is jitted and warmed up, then timed in interleaved rounds (one call of
 each variant per round, so load changes on the shared machine hit all variants alike); the
 median over rounds is reported. Each variant's output is checked against the FP32 result of the
-same ±1 matmul before timing. The K-chunk is tuned per shape on the packing-excluded kernel.
+same ±1 matmul before timing. The K-chunk and word width (32/64-bit popcount) are tuned per
+shape on the packing-excluded kernel.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[
     return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
+def _name(cfg: tuple[bool, int]) -> str:
+    return f"{'u64' if cfg[0] else 'u32'}/chunk{cfg[1]}"
+
+
 def bench_shape(m: int, k: int, n: int, chunks: list[int], rounds: int) -> dict[str, object]:
     rng = np.random.default_rng(m + k + n)
     x = rng.standard_normal((m, k)).astype(np.float32)
@@ -76,14 +81,23 @@ def bench_shape(m: int, k: int, n: int, chunks: list[int], rounds: int) -> dict[
     ref = np.sign(x).astype(np.float64) @ np.sign(w)
 
     fp = jax.jit(jnp.dot)
-    kernels = {c: jax.jit(lambda a, b, c=c: xnor_matmul(a, b, c)) for c in chunks}
-    for c, f in kernels.items():
-        np.testing.assert_array_equal(np.asarray(f(pa, pw)), ref, err_msg=f"chunk {c}")
-    tune = time_interleaved({str(c): (lambda f=f: f(pa, pw)) for c, f in kernels.items()}, rounds)
-    best = min(chunks, key=lambda c: tune[str(c)])
+    configs = [(wide, c) for wide in (True, False) for c in chunks]
+    kernels = {
+        cfg: jax.jit(lambda a, b, c=cfg[1], wd=cfg[0]: xnor_matmul(a, b, c, wd)) for cfg in configs
+    }
+    for cfg, f in kernels.items():
+        np.testing.assert_array_equal(np.asarray(f(pa, pw)), ref, err_msg=f"config {cfg}")
+    tune = time_interleaved({_name(c): (lambda f=f: f(pa, pw)) for c, f in kernels.items()}, rounds)
+    best = min(configs, key=lambda c: tune[_name(c)])
+    best32 = min([c for c in configs if not c[0]], key=lambda c: tune[_name(c)])
 
-    lin_fast = jax.jit(lambda x, w, s: binary_linear(x, w, s, exact_zeros=False, chunk=best))
-    lin_exact = jax.jit(lambda x, w, s: binary_linear(x, w, s, exact_zeros=True, chunk=best))
+    def linear(exact: bool):
+        wide, c = best
+        return jax.jit(
+            lambda x, w, s: binary_linear(x, w, s, exact_zeros=exact, chunk=c, wide=wide)
+        )
+
+    lin_fast, lin_exact = linear(False), linear(True)
     want = ref * scale
     for f in (lin_fast, lin_exact):
         np.testing.assert_allclose(np.asarray(f(xd, pw, sd)), want, rtol=1e-5, atol=1e-4)
@@ -91,6 +105,7 @@ def bench_shape(m: int, k: int, n: int, chunks: list[int], rounds: int) -> dict[
         {
             "fp32_dot": lambda: fp(xd, wd),
             "packed_excl_packing": lambda: kernels[best](pa, pw),
+            "packed_excl_packing_32bit_words": lambda: kernels[best32](pa, pw),
             "packed_incl_packing": lambda: lin_fast(xd, pw, sd),
             "packed_incl_packing_exact_zeros": lambda: lin_exact(xd, pw, sd),
         },
@@ -99,8 +114,9 @@ def bench_shape(m: int, k: int, n: int, chunks: list[int], rounds: int) -> dict[
     speedup = {k: times["fp32_dot"] / v for k, v in times.items() if k != "fp32_dot"}
     return {
         "shape_MxKxN": [m, k, n],
-        "best_chunk_words": best,
-        "chunk_tuning_ms": tune,
+        "best_config": _name(best),
+        "best_32bit_config": _name(best32),
+        "tuning_ms": tune,
         "median_ms": times,
         "speedup_vs_fp32": speedup,
     }
@@ -115,9 +131,9 @@ def write_markdown(res: dict, path: Path) -> None:
         f"{res['cpu']['avx512_vpopcntdq']}; jax {res['jax_version']}; median of "
         f"{res['rounds']} interleaved rounds after warm-up.",
         "",
-        "| M×K×N | FP32 dot ms | packed, packing excluded | packed + packing | "
-        "packed + packing, exact zeros | best chunk |",
-        "|---|---|---|---|---|---|",
+        "| M×K×N | FP32 dot ms | packed, packing excluded | same, best 32-bit-word config | "
+        "packed + packing | packed + packing, exact zeros | best config |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in res["results"]:
         t, s = r["median_ms"], r["speedup_vs_fp32"]
@@ -125,15 +141,14 @@ def write_markdown(res: dict, path: Path) -> None:
             f"{t[k]:.3f} ms ({s[k]:.2f}x)"
             for k in (
                 "packed_excl_packing",
+                "packed_excl_packing_32bit_words",
                 "packed_incl_packing",
                 "packed_incl_packing_exact_zeros",
             )
         ]
         shape = "×".join(map(str, r["shape_MxKxN"]))
         lines.append(
-            f"| {shape} | {t['fp32_dot']:.3f} | "
-            + " | ".join(cells)
-            + f" | {r['best_chunk_words']} |"
+            f"| {shape} | {t['fp32_dot']:.3f} | " + " | ".join(cells) + f" | {r['best_config']} |"
         )
     lines += ["", f"ISA flags: {' '.join(res['cpu']['isa_flags'])}", ""]
     path.write_text("\n".join(lines))
@@ -142,7 +157,7 @@ def write_markdown(res: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=25, help="timed rounds per variant (>= 20)")
-    p.add_argument("--chunks", default="4,8,12,16,24", help="K-chunk sizes (words) to tune over")
+    p.add_argument("--chunks", default="4,8,12,24", help="K-chunk sizes (words) to tune over")
     p.add_argument("--out", type=Path, default=RESULTS / "binary_linear")
     args = p.parse_args(argv)
     chunks = [int(c) for c in args.chunks.split(",")]
