@@ -1,0 +1,59 @@
+"""One process of the two-process test: join, build a global array from local rows, reduce.
+
+Run as ``python -m tests.parallel.dist_worker ADDR NUM_PROCESSES PROCESS_ID TIMEOUT_S``.
+Prints one JSON line with the results.
+"""
+
+import json
+import os
+import sys
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+from bipft_jax.parallel import (  # noqa: E402
+    make_mesh,
+    maybe_initialize_distributed,
+    replicated,
+    shard_host_batch,
+)
+
+ROWS, COLS = 8, 5
+
+
+def full_data() -> np.ndarray:
+    return np.random.default_rng(123).normal(size=(ROWS, COLS)).astype(np.float32)
+
+
+def main(addr: str, nproc: int, pid: int, timeout_s: int) -> None:
+    maybe_initialize_distributed(addr, nproc, pid, timeout_s=timeout_s)
+    mesh = make_mesh({"data": -1})
+    rows = ROWS // jax.process_count()
+    local = full_data()[pid * rows : (pid + 1) * rows]
+    x = shard_host_batch({"x": local}, mesh)["x"]
+    total = jax.jit(lambda a: jnp.sum(a, axis=0), out_shardings=replicated(mesh))(x)
+    psum = jax.jit(
+        jax.shard_map(
+            lambda a: jax.lax.psum(jnp.sum(a, axis=0), ("data", "fsdp")),
+            mesh=mesh,
+            in_specs=P(("data", "fsdp")),
+            out_specs=P(),
+        )
+    )(x)
+    out = {
+        "process_count": jax.process_count(),
+        "device_count": jax.device_count(),
+        "global_shape": list(x.shape),
+        "sum": np.asarray(total.addressable_data(0)).tolist(),
+        "psum": np.asarray(psum.addressable_data(0)).tolist(),
+    }
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
