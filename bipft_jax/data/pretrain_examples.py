@@ -1,0 +1,227 @@
+"""BERT MLM + NSP examples from a `TokenizedCorpus`, deterministic per (seed, step, index).
+
+An *instance plan* packs each document's consecutive sentences into chunks that fill the sequence
+(BERT's `create_instances_from_document`, with `short_seq_prob` shorter targets). Every example
+draws its randomness (segment split, random next document, truncation, masking) from its own
+`numpy` Generator seeded by (seed, step, example index), so any batch can be rebuilt exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from bipft_jax.data.corpus import TokenizedCorpus
+
+IGNORE = -100  # mlm_labels value at positions that are not predicted
+_PLAN_TAG, _EPOCH_TAG, _EXAMPLE_TAG = 0, 1, 2  # SeedSequence spawn-key tags: disjoint streams
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingConfig:
+    seq_len: int = 128
+    mask_prob: float = 0.15
+    max_predictions: int | None = None  # cap on masked tokens per example (None: no cap)
+    whole_word_mask: bool = False
+    random_next_prob: float = 0.5  # NSP: fraction of random (label 1) second segments
+    short_seq_prob: float = 0.1  # BERT: 10% of chunks target a random shorter length
+
+    def __post_init__(self):
+        if self.seq_len < 8:
+            raise ValueError(f"seq_len={self.seq_len} is too short (need >= 8)")
+        for name in ("mask_prob", "random_next_prob", "short_seq_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    """What masking needs to know about the vocab."""
+
+    cls_id: int
+    sep_id: int
+    pad_id: int
+    mask_id: int
+    random_ids: np.ndarray  # ids used for the 10% random replacement (no special tokens)
+    is_continuation: np.ndarray  # bool [V]: token starts with "##" (whole-word masking)
+
+    @classmethod
+    def from_tokenizer(cls, tok) -> Vocabulary:
+        return cls.from_vocab_dict(tok.vocab)
+
+    @classmethod
+    def from_vocab_dict(cls, vocab: dict[str, int]) -> Vocabulary:
+        size = max(vocab.values()) + 1
+        cont = np.zeros(size, bool)
+        special = np.zeros(size, bool)
+        for tok, i in vocab.items():
+            cont[i] = tok.startswith("##")
+            special[i] = tok.startswith("[") and tok.endswith("]")
+        return cls(
+            vocab["[CLS]"], vocab["[SEP]"], vocab["[PAD]"], vocab["[MASK]"],
+            np.flatnonzero(~special).astype(np.int32), cont,
+        )  # fmt: skip
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+def build_plan(
+    corpus: TokenizedCorpus, doc_ids: np.ndarray, cfg: MaskingConfig, seed: int
+) -> np.ndarray:
+    """Instances [N, 4] = (doc, first sentence, end sentence, target length), from `doc_ids`."""
+    rng = _rng(seed, _PLAN_TAG)
+    max_tokens = cfg.seq_len - 3
+    lengths = corpus.sentence_lengths()
+    out: list[tuple[int, int, int, int]] = []
+    for d in doc_ids.tolist():
+        s0, s1 = int(corpus.doc_bounds[d]), int(corpus.doc_bounds[d + 1])
+        target = max_tokens
+        if rng.random() < cfg.short_seq_prob:
+            target = int(rng.integers(2, max_tokens + 1))
+        start, total = s0, 0
+        for k in range(s0, s1):
+            total += int(lengths[k])
+            if total >= target or k == s1 - 1:
+                out.append((d, start, k + 1, target))
+                start, total = k + 1, 0
+                target = max_tokens
+                if rng.random() < cfg.short_seq_prob:
+                    target = int(rng.integers(2, max_tokens + 1))
+    if not out:
+        raise ValueError("the corpus yields no pretraining instances (no non-empty documents)")
+    return np.asarray(out, np.int64)
+
+
+class ExampleBuilder:
+    """Builds padded MLM+NSP batches; all randomness from (seed, step, index in global batch)."""
+
+    def __init__(
+        self,
+        corpus: TokenizedCorpus,
+        vocab: Vocabulary,
+        cfg: MaskingConfig,
+        seed: int,
+        doc_ids: np.ndarray | None = None,
+    ):
+        self.corpus, self.vocab, self.cfg, self.seed = corpus, vocab, cfg, seed
+        self.doc_ids = np.arange(corpus.num_docs) if doc_ids is None else np.unique(doc_ids)
+        if len(self.doc_ids) < 2:
+            raise ValueError(f"NSP needs at least 2 documents, got {len(self.doc_ids)}")
+        self.plan = build_plan(corpus, self.doc_ids, cfg, seed)
+        self._perm_epoch, self._perm = -1, np.arange(0)
+
+    @property
+    def num_instances(self) -> int:
+        return len(self.plan)
+
+    def instance_for(self, global_index: int) -> np.ndarray:
+        """The plan row used by the `global_index`-th example of the (repeating) stream."""
+        epoch, pos = divmod(global_index, len(self.plan))
+        if epoch != self._perm_epoch:
+            self._perm = _rng(self.seed, _EPOCH_TAG, epoch).permutation(len(self.plan))
+            self._perm_epoch = epoch
+        return self.plan[self._perm[pos]]
+
+    # --- one example -----------------------------------------------------------------------
+    def _segments(self, inst: np.ndarray, rng: np.random.Generator):
+        c = self.corpus
+        d, s0, s1, target = (int(x) for x in inst)
+        n = s1 - s0
+        a_end = s0 + (int(rng.integers(1, n)) if n >= 2 else 1)
+        a = c.tokens[c.sent_bounds[s0] : c.sent_bounds[a_end]]
+        is_random = n == 1 or rng.random() < self.cfg.random_next_prob
+        if is_random:
+            r = int(rng.integers(0, len(self.doc_ids) - 1))
+            other = int(self.doc_ids[r + (r >= int(np.searchsorted(self.doc_ids, d)))])
+            o0, o1 = int(c.doc_bounds[other]), int(c.doc_bounds[other + 1])
+            j = int(rng.integers(o0, o1))
+            want = max(1, target - len(a))
+            end = j + int(np.searchsorted(c.sent_bounds[j + 1 : o1 + 1] - c.sent_bounds[j], want))
+            b = c.tokens[c.sent_bounds[j] : c.sent_bounds[min(end + 1, o1)]]
+        else:
+            b = c.tokens[c.sent_bounds[a_end] : c.sent_bounds[s1]]
+        return a, b, int(is_random)
+
+    def _truncate(self, a: np.ndarray, b: np.ndarray, rng: np.random.Generator):
+        """Longest-first to seq_len-3; each removed token comes off the front or back at random."""
+        extra = len(a) + len(b) - (self.cfg.seq_len - 3)
+        if extra <= 0:
+            return a, b
+        diff = len(a) - len(b)  # remove from the longer until equal, then alternate, b first
+        first = min(extra, abs(diff))
+        half, odd = divmod(extra - first, 2)
+        cut_a = half + (first if diff > 0 else 0)
+        cut_b = half + odd + (first if diff < 0 else 0)
+        out = []
+        for seg, cut in ((a, cut_a), (b, cut_b)):
+            front = int(rng.binomial(cut, 0.5)) if cut else 0
+            out.append(seg[front : len(seg) - (cut - front)])
+        return out[0], out[1]
+
+    def _mask(self, ids: np.ndarray, n: int, rng: np.random.Generator):
+        """BERT dynamic masking of `ids[:n]` in place; returns (labels, weights)."""
+        cfg, v = self.cfg, self.vocab
+        labels = np.full(cfg.seq_len, IGNORE, np.int32)
+        weights = np.zeros(cfg.seq_len, np.float32)
+        cand = np.flatnonzero((ids[:n] != v.cls_id) & (ids[:n] != v.sep_id))
+        if len(cand) == 0 or cfg.mask_prob == 0:
+            return labels, weights
+        k = max(1, int(round(len(cand) * cfg.mask_prob)))
+        if cfg.max_predictions is not None:
+            k = min(k, cfg.max_predictions)
+        if cfg.whole_word_mask:
+            cont = v.is_continuation[ids[cand]]
+            cont[0] = False
+            cont[1:] &= np.diff(cand) == 1  # a '##' piece right after a [SEP] starts a word
+            starts = np.flatnonzero(~cont)
+            ends = np.r_[starts[1:], len(cand)]
+            chosen, total = [], 0
+            for g in rng.permutation(len(starts)).tolist():
+                size = int(ends[g] - starts[g])
+                if total + size > k:
+                    continue
+                chosen.append(cand[starts[g] : ends[g]])
+                total += size
+                if total == k:
+                    break
+            pos = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+        else:
+            pos = np.sort(rng.choice(cand, size=k, replace=False))
+        labels[pos] = ids[pos]
+        weights[pos] = 1.0
+        u = rng.random(len(pos))
+        ids[pos[u < 0.8]] = v.mask_id
+        rand_pos = pos[(u >= 0.8) & (u < 0.9)]
+        ids[rand_pos] = v.random_ids[rng.integers(0, len(v.random_ids), len(rand_pos))]
+        return labels, weights
+
+    def example(self, step: int, index: int, global_batch_size: int) -> dict[str, np.ndarray]:
+        """The `index`-th example of global batch `step` (arrays of length seq_len)."""
+        rng = _rng(self.seed, _EXAMPLE_TAG, step, index)
+        inst = self.instance_for(step * global_batch_size + index)
+        a, b, nsp = self._segments(inst, rng)
+        a, b = self._truncate(a, b, rng)
+        L, v = self.cfg.seq_len, self.vocab
+        n = len(a) + len(b) + 3
+        ids = np.full(L, v.pad_id, np.int32)
+        ids[0], ids[len(a) + 1], ids[n - 1] = v.cls_id, v.sep_id, v.sep_id
+        ids[1 : len(a) + 1] = a
+        ids[len(a) + 2 : n - 1] = b
+        types = np.zeros(L, np.int32)
+        types[len(a) + 2 : n] = 1
+        mask = np.zeros(L, np.int32)
+        mask[:n] = 1
+        labels, weights = self._mask(ids, n, rng)
+        return {
+            "input_ids": ids, "token_type_ids": types, "attention_mask": mask,
+            "mlm_labels": labels, "mlm_weights": weights,
+            "next_sentence_label": np.int32(nsp),
+        }  # fmt: skip
+
+    def batch(self, step: int, indices: range, global_batch_size: int) -> dict[str, np.ndarray]:
+        """Stack the examples `indices` of global batch `step`."""
+        exs = [self.example(step, i, global_batch_size) for i in indices]
+        return {k: np.stack([e[k] for e in exs]) for k in exs[0]}
