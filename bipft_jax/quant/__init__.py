@@ -8,6 +8,7 @@ from bipft_jax.quant.layers import (
     BinaryDense,
     LearnableBias,
     calibrate_alphas,
+    logical_param,
 )
 from bipft_jax.quant.ste import bool_ste, sign_ste, ste_mask
 from bipft_jax.quant.weights import bibert_weight, bwn, quantize_weight
@@ -28,6 +29,7 @@ __all__ = [
     "elastic_quantize",
     "init_alpha",
     "levels",
+    "logical_param",
     "quantize_weight",
     "sign_ste",
     "ste_mask",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -19,6 +19,14 @@ Initializer = Callable[..., jax.Array]
 CALIBRATION = "calibration"  # collection written by `calibrate_alphas`
 
 
+def logical_param(
+    module: nn.Module, name: str, init: Initializer, axes: tuple[str | None, ...], *shape_dtype: Any
+) -> jax.Array:
+    """`module.param` with logical axis names attached; returns the unboxed array."""
+    value = module.param(name, nn.with_logical_partitioning(init, axes), *shape_dtype)
+    return cast(jax.Array, value)
+
+
 class LearnableBias(nn.Module):
     """Per-channel learnable shift β (init 0) over the last axis: BiT's `move`."""
 
@@ -27,8 +35,14 @@ class LearnableBias(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        init = nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axis_name,))
-        bias = self.param("bias", init, (x.shape[-1],), self.param_dtype)
+        bias = logical_param(
+            self,
+            "bias",
+            nn.initializers.zeros_init(),
+            (self.axis_name,),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
         return x + bias.astype(x.dtype)
 
 
@@ -58,7 +72,7 @@ class ActQuantizer(nn.Module):
             return bool_ste(x, cfg.ste, cfg.clip, cfg.clip_inclusive)
         signed = cfg.method == "elastic_signed"
         data_init = lambda _rng: init_alpha(x, cfg.bits, signed).astype(self.param_dtype)
-        alpha = self.param("alpha", nn.with_logical_partitioning(data_init, ()))
+        alpha = logical_param(self, "alpha", data_init, ())
         if self.is_mutable_collection(CALIBRATION) and not self.is_initializing():
             calibrated = self.variable(CALIBRATION, "alpha", data_init, None)
             calibrated.value = data_init(None)
@@ -86,9 +100,11 @@ class BinaryDense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param(
+        kernel = logical_param(
+            self,
             "kernel",
-            nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+            self.kernel_init,
+            self.kernel_axes,
             (x.shape[-1], self.features),
             self.param_dtype,
         )
@@ -98,8 +114,14 @@ class BinaryDense(nn.Module):
         kernel = quantize_weight(kernel, self.quant.weight)
         bias = None
         if self.use_bias:
-            bias_init = nn.with_logical_partitioning(self.bias_init, (self.kernel_axes[1],))
-            bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
+            bias = logical_param(
+                self,
+                "bias",
+                self.bias_init,
+                (self.kernel_axes[1],),
+                (self.features,),
+                self.param_dtype,
+            )
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = jax.lax.dot_general(
             x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision
