@@ -149,6 +149,7 @@ def binary_linear(
     exact_zeros: bool = True,
     chunk: int = DEFAULT_CHUNK,
     wide: bool = True,
+    kernel: str = "xla",
 ) -> Array:
     """``alpha * w_scale * (bin(x) @ W_pm1.T) + bias`` with ``x`` binarized and packed in-graph.
 
@@ -157,13 +158,22 @@ def binary_linear(
     ``[..., 1]``. ``bin(x)`` is ``sign(x)`` (``unsigned=False``; exact zeros map to 0 when
     ``exact_zeros``, else the caller guarantees there are none and the one-plane path runs) or
     ``x > 0`` as ``{0, 1}`` (``unsigned=True``). Any learnable threshold must already be applied.
+    ``kernel="native"`` runs the signed product on the ``jax.ffi`` CPU kernel (``native/``) where
+    it applies (no mask planes) and on XLA otherwise.
     """
+    if kernel not in ("xla", "native"):
+        raise ValueError(f"kernel must be 'xla' or 'native', got {kernel!r}")
     if x.shape[-1] != packed_w.k:
         raise ValueError(f"input has K={x.shape[-1]} but the packed weight has k={packed_w.k}")
     a = pack_matrix(x, with_mask=exact_zeros and not unsigned)
-    dot = (
-        and_matmul(a, packed_w, chunk, wide) if unsigned else xnor_matmul(a, packed_w, chunk, wide)
-    )
+    if unsigned:
+        dot = and_matmul(a, packed_w, chunk, wide)
+    elif kernel == "native":
+        from bipft_jax.infer.native import xnor_matmul_native  # lazy: it imports this module
+
+        dot = xnor_matmul_native(a, packed_w, chunk)
+    else:
+        dot = xnor_matmul(a, packed_w, chunk, wide)
     y = dot.astype(jnp.float32) * jnp.asarray(w_scale, jnp.float32)
     if alpha is not None:
         y = y * alpha

@@ -107,6 +107,8 @@ def test_errors_name_the_mismatch():
         xnor_matmul(a, b)
     with pytest.raises(ValueError, match="K=41 but the packed weight has k=40"):
         binary_linear(jnp.ones((2, 41)), a, 1.0)
+    with pytest.raises(ValueError, match="kernel must be 'xla' or 'native'"):
+        binary_linear(jnp.ones((2, 40)), a, 1.0, kernel="cuda")
     with pytest.raises(ValueError, match="no mask plane"):
         and_matmul(pack_matrix(np.zeros((2, 40), np.float32), with_mask=True), a)
     with pytest.raises(ValueError, match="chunk"):
