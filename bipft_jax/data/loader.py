@@ -78,7 +78,8 @@ class PretrainLoader:
       global_batch_size, seq_len, seed: batch shape and the one seed for all randomness.
       process_index, process_count: this host's slice; default `jax.process_index/count()`.
       split, eval_fraction: train on the other documents, evaluate on a held-out fraction.
-      num_workers: >0 builds batches in that many forked processes (same batches as 0).
+      num_workers: >0 builds batches ahead in that many processes (same batches as 0);
+        `worker_start_method` "spawn" (default; safe once JAX runs threads) or "fork".
     """
 
     def __init__(
@@ -101,6 +102,7 @@ class PretrainLoader:
         eval_fraction: float = 0.0,
         num_workers: int = 0,
         prefetch: int = 2,
+        worker_start_method: str = "spawn",
     ):
         if process_index is None or process_count is None:
             import jax
@@ -125,6 +127,7 @@ class PretrainLoader:
         self.process_index, self.process_count = process_index, process_count
         self.local_batch_size = global_batch_size // process_count
         self.num_workers, self.prefetch = num_workers, max(1, prefetch)
+        self.worker_start_method = worker_start_method
         self._fingerprint = self._make_fingerprint(cfg, split, eval_fraction)
         self.step = 0
         self._pool: cf.ProcessPoolExecutor | None = None
@@ -163,7 +166,10 @@ class PretrainLoader:
     def _next_from_pool(self) -> dict[str, np.ndarray]:
         if self._pool is None:
             self._pool = cf.ProcessPoolExecutor(
-                self.num_workers, mp.get_context("fork"), _worker_init, (self.builder,)
+                self.num_workers,
+                mp.get_context(self.worker_start_method),
+                _worker_init,
+                (self.builder,),
             )
         lo, hi = self._local_range()
         ahead = self.num_workers * self.prefetch
