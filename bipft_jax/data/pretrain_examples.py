@@ -15,7 +15,7 @@ import numpy as np
 from bipft_jax.data.corpus import TokenizedCorpus
 
 IGNORE = -100  # mlm_labels value at positions that are not predicted
-_PLAN_TAG, _EPOCH_TAG, _EXAMPLE_TAG = 0, 1, 2  # SeedSequence spawn-key tags: disjoint streams
+_PLAN_TAG, _EPOCH_TAG, _EXAMPLE_TAG = 0, 1, 2  # stream tags: disjoint random streams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +64,16 @@ class Vocabulary:
         )  # fmt: skip
 
 
-def _rng(seed: int, *key: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+def _rng(seed: int, tag: int, *key: int) -> np.random.Generator:
+    """Counter-based stream: Philox keyed by the seed, counter words (0, tag, *key).
+
+    The lowest counter word is the block counter, so streams for different (tag, key) never
+    overlap (each draws far fewer than 2**64 blocks); construction is cheaper than SeedSequence.
+    """
+    words = [0, tag, *key]
+    if len(words) > 4 or min(words) < 0:
+        raise ValueError(f"bad stream key {(tag, *key)}")
+    return np.random.Generator(np.random.Philox(key=seed, counter=words + [0] * (4 - len(words))))
 
 
 def build_plan(
@@ -189,7 +197,7 @@ class ExampleBuilder:
                     break
             pos = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
         else:
-            pos = np.sort(rng.choice(cand, size=k, replace=False))
+            pos = np.sort(cand[rng.permutation(len(cand))[:k]])
         labels[pos] = ids[pos]
         weights[pos] = 1.0
         u = rng.random(len(pos))
