@@ -43,8 +43,10 @@ def cross_entropy_with_ignore(
     if weights is not None:
         w = w * _f32(weights)
     safe_labels = jnp.where(valid, labels, 0).astype(jnp.int32)
-    logp = jax.nn.log_softmax(_f32(logits), axis=-1)
-    nll = -jnp.take_along_axis(logp, safe_labels[..., None], axis=-1)[..., 0]
+    x = _f32(logits)
+    # logsumexp − gathered logit: no [..., C] log-prob buffer besides the logits themselves.
+    picked = jnp.take_along_axis(x, safe_labels[..., None], axis=-1)[..., 0]
+    nll = jax.nn.logsumexp(x, axis=-1) - picked
     denom = jnp.sum(w)
     loss = _safe_div(jnp.sum(nll * w), denom)
     correct = (jnp.argmax(logits, axis=-1) == safe_labels).astype(jnp.float32)

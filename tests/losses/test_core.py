@@ -165,3 +165,18 @@ def test_attention_kd_guard_and_mask(rng):
     np.testing.assert_allclose(
         losses.attention_kd(ss[0], ts[0], mask=mask), ref.mse(ss[0], ts[0], pair), rtol=1e-5
     )
+
+
+def test_closed_form_gradients(rng):
+    """dCE/dx = (softmax − onehot)·w/Σw; dsoftCE/ds = (softmax(s/T) − softmax(t/T))/(T·B·C)."""
+    logits = rng.normal(size=(2, 4, 6))
+    labels = _labels_with_ignore(rng, (2, 4), 6)
+    g = jax.grad(lambda x: losses.mlm_loss(x, jnp.asarray(labels))[0])(jnp.asarray(logits))
+    valid = (labels != -100).astype(np.float64)
+    onehot = np.eye(6)[np.where(labels == -100, 0, labels)]
+    want = (np.exp(ref.log_softmax(logits)) - onehot) * valid[..., None] / valid.sum()
+    np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-7)
+    s, t, temp = rng.normal(size=(3, 5)), rng.normal(size=(3, 5)), 2.0
+    g_kd = jax.grad(losses.soft_cross_entropy)(jnp.asarray(s), jnp.asarray(t), temp)
+    q, p = np.exp(ref.log_softmax(s / temp)), np.exp(ref.log_softmax(t / temp))
+    np.testing.assert_allclose(g_kd, (q - p) / (temp * s.size), rtol=1e-4, atol=1e-7)
