@@ -184,18 +184,13 @@ class ExampleBuilder:
             cont = v.is_continuation[ids[cand]]
             cont[0] = False
             cont[1:] &= np.diff(cand) == 1  # a '##' piece right after a [SEP] starts a word
-            starts = np.flatnonzero(~cont)
-            ends = np.r_[starts[1:], len(cand)]
-            chosen, total = [], 0
-            for g in rng.permutation(len(starts)).tolist():
-                size = int(ends[g] - starts[g])
-                if total + size > k:
-                    continue
-                chosen.append(cand[starts[g] : ends[g]])
-                total += size
-                if total == k:
-                    break
-            pos = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+            group = np.cumsum(~cont) - 1  # word index of each candidate piece
+            sizes = np.bincount(group)
+            # Whole words in random order while they fit in k (a prefix of the shuffled words).
+            perm = rng.permutation(len(sizes))
+            chosen = np.zeros(len(sizes), bool)
+            chosen[perm[np.cumsum(sizes[perm]) <= k]] = True
+            pos = cand[chosen[group]]
         else:
             pos = np.sort(cand[rng.permutation(len(cand))[:k]])
         labels[pos] = ids[pos]
