@@ -31,8 +31,16 @@ def _pm1(rng, shape):
     return rng.choice(np.array([-1.0, 1.0], np.float32), size=shape)
 
 
-# K values hit: tail-only (< 8 words), exact 256/512-bit vectors, vector + tail, > 31 vectors.
-CASES = [(5, 70, 3), (7, 256, 9), (3, 512, 5), (9, 1000, 6), (2, 8320, 5), (130, 768, 17)]
+# K values hit: tail only (< 8 words), vectors + tail, exact 256/512-bit vectors, > 31 vectors.
+CASES = [
+    (5, 70, 3),
+    (4, 300, 8),
+    (7, 256, 9),
+    (3, 512, 5),
+    (9, 1000, 6),
+    (2, 8320, 5),
+    (130, 768, 17),
+]
 
 
 @needs_cxx

@@ -43,10 +43,13 @@ __attribute__((target("avx2"))) inline __m256i popc_bytes(__m256i v, __m256i lut
   return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
 }
 
-__attribute__((target("avx2"))) inline int64_t hsum_sad(__m256i bytes) {
-  __m256i s = _mm256_sad_epu8(bytes, _mm256_setzero_si256());
-  __m128i t = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-  return _mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1);
+// [sum(s0), sum(s1), sum(s2), sum(s3)] of four vectors of 4 x u64.
+__attribute__((target("avx2"))) inline __m256i hsum4(__m256i s0, __m256i s1, __m256i s2,
+                                                     __m256i s3) {
+  __m256i t0 = _mm256_add_epi64(_mm256_unpacklo_epi64(s0, s1), _mm256_unpackhi_epi64(s0, s1));
+  __m256i t1 = _mm256_add_epi64(_mm256_unpacklo_epi64(s2, s3), _mm256_unpackhi_epi64(s2, s3));
+  return _mm256_add_epi64(_mm256_permute2x128_si256(t0, t1, 0x20),
+                          _mm256_permute2x128_si256(t0, t1, 0x31));
 }
 
 // MR rows of a x NR rows of b; each byte lane gains <= 8 per vector, so flush every 31 vectors.
@@ -58,7 +61,12 @@ __attribute__((target("avx2"))) inline void block_avx2(const uint32_t* a, const 
                                        1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low = _mm256_set1_epi8(0x0f);
   const int64_t nv = kw / 8;
-  int64_t tot[MR][NR] = {};
+  // tot[r] holds 64-bit totals for columns c0..c0+3 of row r (NR is 1 or a multiple of 4).
+  static_assert(NR == 1 || NR % 4 == 0, "NR must be 1 or a multiple of 4");
+  constexpr int NG = (NR + 3) / 4;
+  __m256i tot[MR][NG];
+  for (int r = 0; r < MR; ++r)
+    for (int g = 0; g < NG; ++g) tot[r][g] = _mm256_setzero_si256();
   for (int64_t v0 = 0; v0 < nv; v0 += 31) {
     const int64_t v1 = std::min(nv, v0 + 31);
     __m256i acc[MR][NR];
@@ -74,14 +82,39 @@ __attribute__((target("avx2"))) inline void block_avx2(const uint32_t* a, const 
           acc[r][c] = _mm256_add_epi8(acc[r][c], popc_bytes(_mm256_xor_si256(av[r], bv), lut, low));
       }
     }
-    for (int r = 0; r < MR; ++r)
-      for (int c = 0; c < NR; ++c) tot[r][c] += hsum_sad(acc[r][c]);
-  }
-  for (int r = 0; r < MR; ++r)
-    for (int c = 0; c < NR; ++c) {
-      int64_t p = tot[r][c] + tail_popc(a + r * kw, b + c * kw, 8 * nv, kw);
-      out[r * n + c] = static_cast<int32_t>(k - 2 * p);
+    const __m256i zero = _mm256_setzero_si256();
+    for (int r = 0; r < MR; ++r) {
+      if constexpr (NR == 1) {
+        tot[r][0] = _mm256_add_epi64(tot[r][0], _mm256_sad_epu8(acc[r][0], zero));
+      } else {
+        for (int g = 0; g < NG; ++g) tot[r][g] = _mm256_add_epi64(tot[r][g], hsum4(
+            _mm256_sad_epu8(acc[r][4 * g], zero), _mm256_sad_epu8(acc[r][4 * g + 1], zero),
+            _mm256_sad_epu8(acc[r][4 * g + 2], zero), _mm256_sad_epu8(acc[r][4 * g + 3], zero)));
+      }
     }
+  }
+  if constexpr (NR % 4 == 0) {
+    if (8 * nv == kw) {  // no tail words: finish in vector registers, 4 outputs per store
+      const __m256i kk = _mm256_set1_epi64x(k), even = _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0);
+      for (int r = 0; r < MR; ++r)
+        for (int g = 0; g < NG; ++g) {
+          __m256i res = _mm256_sub_epi64(kk, _mm256_slli_epi64(tot[r][g], 1));
+          res = _mm256_permutevar8x32_epi32(res, even);
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(out + r * n + 4 * g),
+                           _mm256_castsi256_si128(res));
+        }
+      return;
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    alignas(32) int64_t p[4 * NG];
+    for (int g = 0; g < NG; ++g) _mm256_store_si256(reinterpret_cast<__m256i*>(p + 4 * g), tot[r][g]);
+    if constexpr (NR == 1) p[0] = p[0] + p[1] + p[2] + p[3];
+    for (int c = 0; c < NR; ++c) {
+      const int64_t pc = p[c] + tail_popc(a + r * kw, b + c * kw, 8 * nv, kw);
+      out[r * n + c] = static_cast<int32_t>(k - 2 * pc);
+    }
+  }
 }
 
 // ---- AVX-512 VPOPCNTDQ: 512-bit vectors of 16 words, 64-bit lane counts. ----
@@ -108,18 +141,26 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) inline void block_avx512(
     }
 }
 
-// Rows [i0, i1) of the output with MRxNR register blocks and 1-wide edges.
-#define BIPFT_ROWS(NAME, BLOCK, MR, NR)                                                          \
-  void NAME(const uint32_t* a, const uint32_t* b, int64_t i0, int64_t i1, int64_t n,           \
-            int64_t kw, int32_t* out, int64_t k) {                                             \
-    int64_t i = i0;                                                                            \
-    for (; i + MR <= i1; i += MR) {                                                            \
-      int64_t j = 0;                                                                           \
-      for (; j + NR <= n; j += NR) BLOCK<MR, NR>(a + i * kw, b + j * kw, kw, n, out + i * n + j, k); \
-      for (; j < n; ++j) BLOCK<MR, 1>(a + i * kw, b + j * kw, kw, n, out + i * n + j, k);       \
-    }                                                                                          \
-    for (; i < i1; ++i)                                                                        \
-      for (int64_t j = 0; j < n; ++j) BLOCK<1, 1>(a + i * kw, b + j * kw, kw, n, out + i * n + j, k); \
+// Rows [i0, i1) of the output: MRxNR register blocks (1-wide edges), with b split into column
+// tiles of about L1_BYTES so a tile stays in L1 while every row block of a passes over it.
+constexpr int64_t L1_BYTES = 16384;
+#define BIPFT_ROWS(NAME, BLOCK, MR, NR)                                                      \
+  void NAME(const uint32_t* a, const uint32_t* b, int64_t i0, int64_t i1, int64_t n,       \
+            int64_t kw, int32_t* out, int64_t k) {                                         \
+    const int64_t nt = std::max<int64_t>(NR, L1_BYTES / (4 * kw + 1) / NR * NR);           \
+    for (int64_t j0 = 0; j0 < n; j0 += nt) {                                               \
+      const int64_t j1 = std::min(n, j0 + nt);                                             \
+      int64_t i = i0;                                                                      \
+      for (; i + MR <= i1; i += MR) {                                                      \
+        const uint32_t* ai = a + i * kw;                                                   \
+        int64_t j = j0;                                                                    \
+        for (; j + NR <= j1; j += NR) BLOCK<MR, NR>(ai, b + j * kw, kw, n, out + i * n + j, k); \
+        for (; j < j1; ++j) BLOCK<MR, 1>(ai, b + j * kw, kw, n, out + i * n + j, k);        \
+      }                                                                                    \
+      for (; i < i1; ++i)                                                                  \
+        for (int64_t j = j0; j < j1; ++j)                                                  \
+          BLOCK<1, 1>(a + i * kw, b + j * kw, kw, n, out + i * n + j, k);                  \
+    }                                                                                      \
   }
 
 __attribute__((target("avx2"))) BIPFT_ROWS(rows_avx2, block_avx2, 2, 4)
