@@ -1,6 +1,10 @@
 """Mesh, logical-axis rules, shardings and multi-host start-up (model independent)."""
 
-from bipft_jax.parallel.distributed import maybe_initialize_distributed
+from bipft_jax.parallel.distributed import (
+    DistributedInitError,
+    add_distributed_args,
+    maybe_initialize_distributed,
+)
 from bipft_jax.parallel.mesh import MESH_AXES, make_mesh, resolve_mesh_shape
 from bipft_jax.parallel.rules import PRESETS, check_logical_names, get_rules
 from bipft_jax.parallel.sharding import (
@@ -14,8 +18,10 @@ from bipft_jax.parallel.sharding import (
 
 __all__ = [
     "MESH_AXES",
+    "DistributedInitError",
     "PRESETS",
     "abstract_with_shardings",
+    "add_distributed_args",
     "batch_sharding",
     "check_logical_names",
     "create_sharded",

@@ -1,15 +1,16 @@
 """One process of the two-process test: join, build a global array from local rows, reduce.
 
-Run as ``python -m tests.parallel.dist_worker ADDR NUM_PROCESSES PROCESS_ID TIMEOUT_S``.
-Prints one JSON line with the results.
+Takes the same flags the launch scripts pass to ``bipft pretrain``, e.g.
+``python -m tests.parallel.dist_worker pretrain --distributed --coordinator_address HOST:PORT
+--num_processes 2 --process_id 0``. Prints one JSON line with the results.
 """
 
+import argparse
 import json
 import os
-import sys
 
 os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # 2 devices per process
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -17,6 +18,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from bipft_jax.parallel import (  # noqa: E402
+    add_distributed_args,
     make_mesh,
     maybe_initialize_distributed,
     replicated,
@@ -30,8 +32,19 @@ def full_data() -> np.ndarray:
     return np.random.default_rng(123).normal(size=(ROWS, COLS)).astype(np.float32)
 
 
-def main(addr: str, nproc: int, pid: int, timeout_s: int) -> None:
-    maybe_initialize_distributed(addr, nproc, pid, timeout_s=timeout_s)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command", choices=["pretrain"])
+    add_distributed_args(parser)
+    a = parser.parse_args(argv)
+    maybe_initialize_distributed(
+        a.coordinator_address,
+        a.num_processes,
+        a.process_id,
+        timeout_s=a.distributed_timeout_s,
+        enabled=a.distributed,
+    )
+    pid = jax.process_index()
     mesh = make_mesh({"data": -1})
     rows = ROWS // jax.process_count()
     local = full_data()[pid * rows : (pid + 1) * rows]
@@ -56,4 +69,4 @@ def main(addr: str, nproc: int, pid: int, timeout_s: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    main()

@@ -25,9 +25,10 @@ def _free_port() -> int:
 
 def _spawn(addr: str, nproc: int, pid: int, timeout_s: int) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "tests.parallel.dist_worker", addr, str(nproc), str(pid)]
+    cmd = [sys.executable, "-m", "tests.parallel.dist_worker", "pretrain", "--distributed"]
+    cmd += ["--coordinator_address", addr, "--num_processes", str(nproc), "--process_id", str(pid)]
     return subprocess.Popen(
-        [*cmd, str(timeout_s)],
+        [*cmd, "--distributed_timeout_s", str(timeout_s)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
