@@ -1,0 +1,25 @@
+"""Packed 1-bit inference: bit packing, XNOR/AND-popcount matmuls, packed-model files.
+
+* :mod:`.packing` — ``pack_signs``/``unpack_signs``, ``PackedSigns`` (sign plane + optional
+  nonzero-mask plane, so ``sign(0) = 0`` stays exact), ``pack_matrix``.
+* :mod:`.xnor` — ``xnor_matmul``, ``and_matmul``, ``binary_linear`` (pure XLA, chunked K).
+* :mod:`.native` — the same signed product as a ``jax.ffi`` C++ CPU kernel, built on first use.
+* :mod:`.fileformat` — ``save_packed``/``load_packed``/``packed_size_bytes``.
+"""
+
+from bipft_jax.infer.fileformat import load_packed, packed_size_bytes, save_packed
+from bipft_jax.infer.packing import PackedSigns, pack_matrix, pack_signs, unpack_signs
+from bipft_jax.infer.xnor import and_matmul, binary_linear, xnor_matmul
+
+__all__ = [
+    "PackedSigns",
+    "and_matmul",
+    "binary_linear",
+    "load_packed",
+    "pack_matrix",
+    "pack_signs",
+    "packed_size_bytes",
+    "save_packed",
+    "unpack_signs",
+    "xnor_matmul",
+]
