@@ -118,7 +118,7 @@ def load_prepared(prepared_dir: str | Path) -> tuple[TokenizedCorpus, dict]:
     from array_record.python.array_record_module import ArrayRecordReader
 
     manifest = read_manifest(prepared_dir)
-    docs = []
+    lens, toks = [], []  # per document: sentence lengths, tokens (no per-sentence arrays)
     for shard in manifest["shards"]:
         path = Path(prepared_dir) / shard["file"]
         if not path.is_file():
@@ -129,12 +129,22 @@ def load_prepared(prepared_dir: str | Path) -> tuple[TokenizedCorpus, dict]:
                 raise CorpusError(
                     f"{path}: {reader.num_records()} records, manifest says {shard['num_docs']}"
                 )
-            docs += [decode_record(r) for r in reader.read_all()]
+            for rec in reader.read_all():
+                arr = np.frombuffer(rec, "<i4")
+                n = int(arr[0])
+                lens.append(arr[1 : n + 1])
+                toks.append(arr[n + 1 :])
         finally:
             reader.close()
-    corpus = TokenizedCorpus.from_documents(docs, manifest["settings"]["vocab_size"])
-    if corpus.num_tokens != manifest["num_tokens"]:
-        raise CorpusError(f"{prepared_dir}: {corpus.num_tokens} tokens, manifest disagrees")
+    dtype = np.uint16 if manifest["settings"]["vocab_size"] <= 65535 else np.int32
+    sent_lens = np.concatenate(lens).astype(np.int64)
+    corpus = TokenizedCorpus(
+        tokens=np.concatenate(toks).astype(dtype),
+        sent_bounds=np.concatenate([[0], np.cumsum(sent_lens)]).astype(np.int64),
+        doc_bounds=np.concatenate([[0], np.cumsum([len(x) for x in lens])]).astype(np.int64),
+    )
+    if corpus.num_tokens != manifest["num_tokens"] or len(corpus.tokens) != corpus.num_tokens:
+        raise CorpusError(f"{prepared_dir}: token count disagrees with {MANIFEST}")
     return corpus, manifest
 
 

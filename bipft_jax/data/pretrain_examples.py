@@ -79,28 +79,33 @@ def _rng(seed: int, tag: int, *key: int) -> np.random.Generator:
 def build_plan(
     corpus: TokenizedCorpus, doc_ids: np.ndarray, cfg: MaskingConfig, seed: int
 ) -> np.ndarray:
-    """Instances [N, 4] = (doc, first sentence, end sentence, target length), from `doc_ids`."""
+    """Instances [N, 4] = (doc, first sentence, end sentence, target length), from `doc_ids`.
+
+    Greedy per document: a chunk takes sentences until it reaches its target length (seq_len-3,
+    or with `short_seq_prob` a random shorter one). Vectorised across documents: each round cuts
+    the next chunk of every unfinished document with one `searchsorted`.
+    """
     rng = _rng(seed, _PLAN_TAG)
     max_tokens = cfg.seq_len - 3
-    lengths = corpus.sentence_lengths()
-    out: list[tuple[int, int, int, int]] = []
-    for d in doc_ids.tolist():
-        s0, s1 = int(corpus.doc_bounds[d]), int(corpus.doc_bounds[d + 1])
-        target = max_tokens
-        if rng.random() < cfg.short_seq_prob:
-            target = int(rng.integers(2, max_tokens + 1))
-        start, total = s0, 0
-        for k in range(s0, s1):
-            total += int(lengths[k])
-            if total >= target or k == s1 - 1:
-                out.append((d, start, k + 1, target))
-                start, total = k + 1, 0
-                target = max_tokens
-                if rng.random() < cfg.short_seq_prob:
-                    target = int(rng.integers(2, max_tokens + 1))
-    if not out:
+    cum = corpus.sent_bounds
+    docs = np.asarray(doc_ids, np.int64)
+    starts, ends = corpus.doc_bounds[docs], corpus.doc_bounds[docs + 1]
+    rows = []
+    while True:
+        live = starts < ends
+        docs, starts, ends = docs[live], starts[live], ends[live]
+        if not len(docs):
+            break
+        target = np.full(len(docs), max_tokens, np.int64)
+        short = rng.random(len(docs)) < cfg.short_seq_prob
+        target[short] = rng.integers(2, max_tokens + 1, int(short.sum()))
+        stop = np.minimum(np.searchsorted(cum, cum[starts] + target, side="left"), ends)
+        rows.append(np.stack([docs, starts, stop, target], axis=1))
+        starts = stop
+    if not rows:
         raise ValueError("the corpus yields no pretraining instances (no non-empty documents)")
-    return np.asarray(out, np.int64)
+    plan = np.concatenate(rows)
+    return plan[np.lexsort((plan[:, 1], plan[:, 0]))]
 
 
 class ExampleBuilder:

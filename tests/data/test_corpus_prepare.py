@@ -103,3 +103,27 @@ def test_prepare_main_on_shared_corpus(shared_data, vocab_file, tmp_path, capsys
     (out / manifest["shards"][1]["file"]).unlink()
     with pytest.raises(C.CorpusError, match=r"shard-00001\.array_record: shard listed .* missing"):
         P.load_prepared(out)
+
+
+def test_tfds_corpus_path_with_fake_builder(monkeypatch, vocab_file, tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class Fake:
+        def as_data_source(self, split):
+            assert split == "train"
+            return [{"title": b"A", "text": b"First one. Second one.\nNew para here."},
+                    {"title": b"B", "text": b""}, {"title": b"C", "text": "Only one."}]  # fmt: skip
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: Fake())
+    docs = list(C.iter_tfds_documents("wikipedia/20230601.en", data_dir="gs://bucket/tfds"))
+    assert docs == [["First one.", "Second one.", "New para here."], ["Only one."]]
+    with pytest.raises(C.CorpusError, match="record 0 has no field 'body'"):
+        list(C.iter_tfds_documents("wikipedia/20230601.en", text_field="body"))
+    m = P.prepare(
+        tmp_path / "p", vocab_file, tfds_name="wikipedia/20230601.en", log=lambda *_: None
+    )
+    assert (m["num_docs"], m["num_sentences"], m["settings"]["tfds"]) == (
+        2,
+        4,
+        "wikipedia/20230601.en",
+    )

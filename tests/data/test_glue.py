@@ -247,3 +247,39 @@ def test_write_submission(tmp_path):
         write_submission("mnli", [0], tmp_path)
     with pytest.raises(ValueError, match="out of range"):
         write_submission("cola", [2], tmp_path)
+
+
+class _FakeBuilder:
+    """Stands in for a prepared TFDS builder (no network / TensorFlow here)."""
+
+    def __init__(self, records):
+        self.records = records
+        self.calls = []
+
+    def as_data_source(self, split):
+        self.calls.append(split)
+        return self.records
+
+
+def test_tfds_source_path_with_fake_builder(monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("importlib_resources")
+    recs = [
+        {"premise": b"A man sleeps.", "hypothesis": b"A man is awake.", "label": 2, "idx": 0},
+        {"premise": b"Dogs bark.", "hypothesis": b"Animals make noise.", "label": 0, "idx": 1},
+        {"premise": b"Test.", "hypothesis": b"Unlabelled.", "label": -1, "idx": 2},
+    ]
+    fake = _FakeBuilder(recs)
+    seen = {}
+
+    def builder(name, data_dir=None):
+        seen.update(name=name, data_dir=data_dir)
+        return fake
+
+    monkeypatch.setattr(tfds, "builder", builder)
+    ex = load_glue("mnli", "dev_mismatched", source="tfds", tfds_data_dir="gs://b/tfds")
+    assert seen == {"name": "glue/mnli", "data_dir": "gs://b/tfds"}
+    assert fake.calls == ["validation_mismatched"]
+    labels = glue.get_task("mnli").labels
+    assert [labels[e.label] for e in ex[:2]] == ["contradiction", "entailment"]
+    assert ex[2].label is None and ex[0].text_b == "A man is awake."

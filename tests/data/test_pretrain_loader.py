@@ -202,3 +202,20 @@ def test_loader_from_text_files(shared_data, vocab_file):
     loader = PretrainLoader([wiki], 8, SEQ, 0, 0, 1, vocab_file=vocab_file, max_docs=5)
     assert loader.builder.corpus.num_docs == 5
     assert next(loader)["input_ids"].shape == (8, SEQ)
+
+
+def test_plan_is_greedy_tiling_of_documents(prepared):
+    builder = _loader(prepared, seq_len=128).builder
+    corpus, plan = builder.corpus, builder.plan
+    lengths = corpus.sentence_lengths()
+    for d in range(corpus.num_docs):
+        rows = plan[plan[:, 0] == d]
+        # Chunks tile the document's sentences in order.
+        assert rows[0, 1] == corpus.doc_bounds[d] and rows[-1, 2] == corpus.doc_bounds[d + 1]
+        assert (rows[1:, 1] == rows[:-1, 2]).all()
+        for _, s0, s1, target in rows:
+            total = lengths[s0:s1].sum()
+            assert total >= target or s1 == corpus.doc_bounds[d + 1]  # full, or the doc's end
+            assert total - lengths[s1 - 1] < target  # the last sentence was needed
+    short = np.mean(plan[:, 3] < 125)
+    assert 0.05 < short < 0.15  # short_seq_prob = 0.1
