@@ -28,7 +28,7 @@ def test_xnor_matmul_exact(m, k, n, a_zeros, b_zeros):
     b = _values(rng, (k, n), b_zeros)
     pa, pb = pack_matrix(a), pack_matrix(b, axis=0)
     want = (a.astype(np.float64) @ b).astype(np.int32)
-    for chunk, wide in [(1, True), (3, True), (8, True), (1, False), (5, False)]:
+    for chunk, wide in [(2, True), (8, True), (3, False)]:
         got = jax.jit(lambda x, y, c=chunk, wd=wide: xnor_matmul(x, y, c, wd))(pa, pb)
         assert got.dtype == jnp.int32
         np.testing.assert_array_equal(np.asarray(got), want)
