@@ -76,7 +76,11 @@ def _load() -> ctypes.CDLL | None:
     path = build()
     if path is None:
         return None
-    lib = ctypes.cdll.LoadLibrary(str(path))
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(path))
+    except OSError as e:
+        log.warning("cannot load %s (%s); using the pure-XLA XNOR kernel", path, e)
+        return None
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.BipftXnorGemm), platform="cpu")
     lib.BipftXnorIsa.restype = ctypes.c_char_p
     return lib
