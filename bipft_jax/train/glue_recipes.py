@@ -1,0 +1,100 @@
+"""Per-paper GLUE fine-tuning recipes (docs methods.md §5.2): epochs / max length / batch / lr.
+
+`task_recipe(paper, task)` returns the table row; configs in `configs/glue/` start from it and
+every value stays overridable (`--config.train.lr=...`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# task: (epochs, max_length, batch_size, lr, eval_every)
+_BIT = {
+    "cola": (50, 64, 16, 5e-4, 100),
+    "mnli": (6, 128, 16, 2e-4, 100),
+    "mrpc": (20, 128, 8, 5e-4, 100),
+    "sst2": (10, 64, 8, 1e-4, 100),
+    "stsb": (20, 128, 8, 5e-4, 100),
+    "qqp": (6, 128, 32, 2e-4, 100),
+    "qnli": (10, 128, 8, 2e-4, 100),
+    "rte": (20, 128, 8, 5e-4, 100),
+}
+_BIBERT = {
+    "cola": (50, 64, 16, 1e-4, 500),
+    "mnli": (5, 128, 16, 5e-5, 1000),
+    "mrpc": (20, 128, 16, 2e-4, 200),
+    "sst2": (10, 64, 16, 1e-4, 200),
+    "stsb": (20, 128, 16, 1e-4, 200),
+    "qqp": (5, 128, 16, 1e-4, 1000),
+    "qnli": (10, 128, 16, 1e-4, 1000),
+    "rte": (20, 128, 16, 1e-5, 200),
+}
+_BIPFT_EPOCHS = {"cola": 50, "mnli": 6, "mrpc": 20, "sst2": 10, "stsb": 20, "qqp": 6,
+                 "qnli": 10, "rte": 20}  # fmt: skip
+# BiPFT evaluates once per epoch (eval_every=0 means "each epoch").
+_BIPFT = {t: (e, 128, 32, 2e-5, 0) for t, e in _BIPFT_EPOCHS.items()}
+RECIPES = {"bit": _BIT, "bibert": _BIBERT, "bipft": _BIPFT}
+FIELDS = ("epochs", "max_length", "batch_size", "lr", "eval_every")
+
+
+def task_recipe(paper: str, task: str) -> dict:
+    """The paper's row for a task as a dict of `FIELDS`; unknown paper or task raise KeyError."""
+    if paper not in RECIPES:
+        raise KeyError(f"unknown GLUE recipe {paper!r}; known: {sorted(RECIPES)}")
+    key = task.lower().replace("-", "")
+    if key not in RECIPES[paper]:
+        raise KeyError(f"recipe {paper!r} has no task {task!r}; known: {sorted(RECIPES[paper])}")
+    return dict(zip(FIELDS, RECIPES[paper][key], strict=True))
+
+
+def finetune_config(
+    paper: str, task: str | None, chain: str, kd: str, optimizer: str
+) -> ml_collections.ConfigDict:
+    """The full `bipft finetune` config of one experiment, starting from a paper's task row.
+
+    `task=None` gives SST-2 (override `task` and the train fields together, or pass the task as
+    the config argument: `configs/glue/bit.py:rte`).
+    """
+    task = task or "sst2"
+    row = task_recipe(paper, task)
+    c = ml_collections.ConfigDict()
+    c.task = task
+    c.seed = 42
+    c.data_dir = ""  # "" = bipft_jax.paths.default_glue_dir()
+    c.vocab_file = ""  # "" = bipft_jax.paths.default_vocab_file()
+    c.max_train_rows = 0  # 0 = all rows
+    c.max_eval_rows = 0
+    c.predict_test = False  # write GLUE submission files from the best checkpoint
+    c.chain = chain  # stages, e.g. "bipft", "fp,bit", "fp,bit:a2,bit"
+    c.model = ml_collections.ConfigDict(dict(size="base"))  # or "hf": sizes of init.path
+    c.init = ml_collections.ConfigDict(dict(kind="scratch", path=""))  # scratch | hf | checkpoint
+    c.train = ml_collections.ConfigDict(
+        dict(
+            epochs=float(row["epochs"]),
+            max_length=row["max_length"],
+            batch_size=row["batch_size"],
+            lr=row["lr"],
+            teacher_lr=2e-5,  # stage 0 of a multi-stage chain (the FP teacher)
+            max_steps=0,  # > 0 overrides epochs
+            eval_every=row["eval_every"],  # 0 = once per epoch
+            eval_batch_size=64,
+            grad_accum_steps=1,
+            log_every=50,
+        )
+    )
+    bert = optimizer == "bertadam"
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            name=optimizer,
+            schedule="linear" if bert else "constant",
+            warmup_ratio=0.1 if bert else 0.0,
+            weight_decay=-1.0,  # < 0: the optimizer's default (0.01 bertadam, 0 adamw)
+            alpha_lr=1e-4 if paper == "bit" else 0.0,  # 0 = same as lr
+            clip_norm=0.0,
+        )
+    )
+    c.kd = ml_collections.ConfigDict(dict(kind=kd, temperature=1.0, gt_beta=0.5))
+    c.sweep = ml_collections.ConfigDict(
+        dict(tasks=task, presets=chain, lrs="", seeds="42", output="sweep")
+    )
+    return c
