@@ -124,6 +124,13 @@ class ExampleBuilder:
         if len(self.doc_ids) < 2:
             raise ValueError(f"NSP needs at least 2 documents, got {len(self.doc_ids)}")
         self.plan = build_plan(corpus, self.doc_ids, cfg, seed)
+        # One-sentence documents can only give a random next; lower the rate elsewhere so
+        # the expected NSP random fraction stays `random_next_prob`.
+        forced = float(np.mean(np.diff(corpus.doc_bounds)[self.plan[:, 0]] == 1))
+        p = cfg.random_next_prob
+        self.random_next_prob = (
+            min(1.0, max(0.0, (p - forced) / (1 - forced))) if forced < 1 else 1.0
+        )
         self._perm_epoch, self._perm = -1, np.arange(0)
 
     @property
@@ -139,23 +146,33 @@ class ExampleBuilder:
         return self.plan[self._perm[pos]]
 
     # --- one example -----------------------------------------------------------------------
+    def _run(self, j: int, limit: int, want: int) -> np.ndarray:
+        """Tokens of sentences j, j+1, ... (< limit) until at least `want` tokens."""
+        c = self.corpus
+        k = int(np.searchsorted(c.sent_bounds[j + 1 : limit + 1] - c.sent_bounds[j], want))
+        return c.tokens[c.sent_bounds[j] : c.sent_bounds[min(j + k + 1, limit)]]
+
     def _segments(self, inst: np.ndarray, rng: np.random.Generator):
+        """(A, B, is_random_next). A chunk of one sentence takes its actual next segment from
+        the following (or, at the document's end, preceding) sentence; only a one-sentence
+        document forces a random next."""
         c = self.corpus
         d, s0, s1, target = (int(x) for x in inst)
-        n = s1 - s0
-        a_end = s0 + (int(rng.integers(1, n)) if n >= 2 else 1)
+        d0, d1 = int(c.doc_bounds[d]), int(c.doc_bounds[d + 1])
+        a_end = s0 + (int(rng.integers(1, s1 - s0)) if s1 - s0 >= 2 else 1)
         a = c.tokens[c.sent_bounds[s0] : c.sent_bounds[a_end]]
-        is_random = n == 1 or rng.random() < self.cfg.random_next_prob
+        is_random = d1 - d0 == 1 or rng.random() < self.random_next_prob
         if is_random:
             r = int(rng.integers(0, len(self.doc_ids) - 1))
             other = int(self.doc_ids[r + (r >= int(np.searchsorted(self.doc_ids, d)))])
             o0, o1 = int(c.doc_bounds[other]), int(c.doc_bounds[other + 1])
-            j = int(rng.integers(o0, o1))
-            want = max(1, target - len(a))
-            end = j + int(np.searchsorted(c.sent_bounds[j + 1 : o1 + 1] - c.sent_bounds[j], want))
-            b = c.tokens[c.sent_bounds[j] : c.sent_bounds[min(end + 1, o1)]]
-        else:
+            b = self._run(int(rng.integers(o0, o1)), o1, max(1, target - len(a)))
+        elif a_end < s1:
             b = c.tokens[c.sent_bounds[a_end] : c.sent_bounds[s1]]
+        elif s1 < d1:  # one-sentence chunk: continue into the next sentences
+            b = self._run(s1, d1, max(1, target - len(a)))
+        else:  # one-sentence chunk at the document's end: the previous sentence comes first
+            a, b = c.tokens[c.sent_bounds[s0 - 1] : c.sent_bounds[s0]], a
         return a, b, int(is_random)
 
     def _truncate(self, a: np.ndarray, b: np.ndarray, rng: np.random.Generator):

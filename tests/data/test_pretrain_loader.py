@@ -219,3 +219,20 @@ def test_plan_is_greedy_tiling_of_documents(prepared):
             assert total - lengths[s1 - 1] < target  # the last sentence was needed
     short = np.mean(plan[:, 3] < 125)
     assert 0.05 < short < 0.15  # short_seq_prob = 0.1
+
+
+def test_nsp_half_random_even_with_one_sentence_documents(tok):
+    from bipft_jax.data.corpus import TokenizedCorpus
+    from bipft_jax.data.pretrain_examples import ExampleBuilder, MaskingConfig, Vocabulary
+
+    rng = np.random.default_rng(0)
+    docs = []
+    for i in range(300):  # half the documents have a single sentence (e.g. short paragraphs)
+        n_sent = 1 if i % 2 else int(rng.integers(2, 12))
+        docs.append([rng.integers(1000, 30000, rng.integers(3, 30)) for _ in range(n_sent)])
+    corpus = TokenizedCorpus.from_documents(docs)
+    builder = ExampleBuilder(corpus, Vocabulary.from_tokenizer(tok), MaskingConfig(seq_len=64), 1)
+    forced = np.mean(np.diff(corpus.doc_bounds)[builder.plan[:, 0]] == 1)
+    assert forced > 0.2  # without compensation the NSP rate would be 0.5 + forced / 2
+    nsp = builder.batch(0, range(3000), 3000)["next_sentence_label"]
+    assert abs(nsp.mean() - 0.5) < 0.03
