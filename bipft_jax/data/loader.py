@@ -21,11 +21,12 @@ import numpy as np
 
 from bipft_jax import paths
 from bipft_jax.data.corpus import (
+    CorpusError,
     TokenizedCorpus,
     iter_text_documents,
     tokenize_documents,
 )
-from bipft_jax.data.prepare import MANIFEST, load_prepared
+from bipft_jax.data.prepare import MANIFEST, file_sha256, load_prepared
 from bipft_jax.data.pretrain_examples import ExampleBuilder, MaskingConfig, Vocabulary
 from bipft_jax.data.tokenizer import BertTokenizer, read_vocab
 
@@ -63,7 +64,13 @@ def _load_corpus(source, vocab_file, doc_split: str, max_docs: int | None):
     if isinstance(source, (str, Path)) and (Path(source) / MANIFEST).is_file():
         corpus, manifest = load_prepared(source)
         vocab_file = vocab_file or manifest["settings"]["vocab_file"]
-        return corpus, read_vocab(vocab_file)
+        vocab = read_vocab(vocab_file)
+        if file_sha256(vocab_file) != manifest["settings"]["vocab_sha256"]:
+            raise CorpusError(
+                f"vocab {vocab_file} differs (sha256) from the one {source} was prepared with "
+                f"({manifest['settings']['vocab_file']}); pass vocab_file= the original"
+            )
+        return corpus, vocab
     files = [source] if isinstance(source, (str, Path)) else list(source)
     tok = BertTokenizer.from_vocab(vocab_file or paths.default_vocab_file())
     docs = tokenize_documents(iter_text_documents(files, doc_split), tok, max_docs)

@@ -236,3 +236,10 @@ def test_nsp_half_random_even_with_one_sentence_documents(tok):
     assert forced > 0.2  # without compensation the NSP rate would be 0.5 + forced / 2
     nsp = builder.batch(0, range(3000), 3000)["next_sentence_label"]
     assert abs(nsp.mean() - 0.5) < 0.03
+
+
+def test_prepared_corpus_rejects_other_vocab(prepared, vocab_file, tmp_path):
+    other = tmp_path / "vocab.txt"
+    other.write_text(vocab_file.read_text(encoding="utf-8") + "extra\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"differs \(sha256\) from the one .* prepared with"):
+        _loader(prepared, vocab_file=other)
