@@ -102,3 +102,18 @@ def test_masked_operands_fall_back_to_xla():
     np.testing.assert_array_equal(np.asarray(got), a @ b)
     with pytest.raises(ValueError, match="a.k=50, b.k=49"):
         native.xnor_matmul_native(pack_matrix(a), pack_matrix(b[:49], axis=0))
+
+
+def test_unloadable_library_falls_back(monkeypatch, tmp_path, caplog):
+    bogus = tmp_path / "not_a_library.so"
+    bogus.write_text("not an ELF file")
+    monkeypatch.setattr(native, "build", lambda force=False: bogus)
+    native._load.cache_clear()
+    try:
+        assert not native.native_available()
+        assert "cannot load" in caplog.text
+        a = pack_matrix(np.array([[1.0, -1.0, 1.0]], np.float32))
+        np.testing.assert_array_equal(np.asarray(native.xnor_matmul_native(a, a)), [[3]])
+    finally:
+        monkeypatch.undo()
+        native._load.cache_clear()
