@@ -119,7 +119,9 @@ class ExampleBuilder:
         seed: int,
         doc_ids: np.ndarray | None = None,
     ):
-        self.corpus, self.vocab, self.cfg, self.seed = corpus, vocab, cfg, seed
+        if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+        self.corpus, self.vocab, self.cfg, self.seed = corpus, vocab, cfg, int(seed)
         self.doc_ids = np.arange(corpus.num_docs) if doc_ids is None else np.unique(doc_ids)
         if len(self.doc_ids) < 2:
             raise ValueError(f"NSP needs at least 2 documents, got {len(self.doc_ids)}")

@@ -124,6 +124,8 @@ def test_deterministic_and_seed_dependent(prepared):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
     assert not np.array_equal(x["input_ids"], z["input_ids"])
+    with pytest.raises(ValueError, match="seed must be an int"):
+        _loader(prepared, seed=-1)
 
 
 def test_restore_continues_exactly(prepared):
