@@ -26,7 +26,7 @@ from bipft_jax.data.corpus import (
     iter_text_documents,
     tokenize_documents,
 )
-from bipft_jax.data.prepare import MANIFEST, file_sha256, load_prepared
+from bipft_jax.data.prepare import file_sha256, load_prepared
 from bipft_jax.data.pretrain_examples import ExampleBuilder, MaskingConfig, Vocabulary
 from bipft_jax.data.tokenizer import BertTokenizer, read_vocab
 
@@ -61,7 +61,7 @@ def split_documents(num_docs: int, eval_fraction: float, split: str) -> np.ndarr
 
 def _load_corpus(source, vocab_file, doc_split: str, max_docs: int | None):
     """A prepared directory, or text files / globs tokenized in memory."""
-    if isinstance(source, (str, Path)) and (Path(source) / MANIFEST).is_file():
+    if isinstance(source, (str, Path)) and Path(source).is_dir():  # must be a prepared dir
         corpus, manifest = load_prepared(source)
         vocab_file = vocab_file or manifest["settings"]["vocab_file"]
         vocab = read_vocab(vocab_file)

@@ -245,3 +245,13 @@ def test_prepared_corpus_rejects_other_vocab(prepared, vocab_file, tmp_path):
     other.write_text(vocab_file.read_text(encoding="utf-8") + "extra\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"differs \(sha256\) from the one .* prepared with"):
         _loader(prepared, vocab_file=other)
+
+
+def test_loader_source_errors(tmp_path, vocab_file):
+    with pytest.raises(ValueError, match="no manifest.json"):
+        PretrainLoader(tmp_path, 8, SEQ, 0, 0, 1)
+    with pytest.raises(ValueError, match="matches no file"):
+        PretrainLoader([tmp_path / "missing*.txt"], 8, SEQ, 0, 0, 1, vocab_file=vocab_file)
+    (tmp_path / "one.txt").write_text("Just one document here. Two sentences.\n")
+    with pytest.raises(ValueError, match="NSP needs at least 2 documents, got 1"):
+        PretrainLoader([tmp_path / "one.txt"], 8, SEQ, 0, 0, 1, vocab_file=vocab_file)
