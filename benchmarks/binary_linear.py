@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bipft_jax.infer import native
 from bipft_jax.infer.packing import pack_matrix
 from bipft_jax.infer.xnor import binary_linear, xnor_matmul
 
@@ -52,8 +54,11 @@ def cpu_info() -> dict[str, object]:
     }
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median milliseconds per variant over ``rounds`` interleaved rounds (after 2 warm-ups)."""
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(median, minimum) milliseconds per variant over ``rounds`` interleaved rounds, after 2
+    warm-up calls each."""
     for fn in fns.values():
         for _ in range(2):
             jax.block_until_ready(fn())
@@ -63,7 +68,8 @@ def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[
             t0 = time.perf_counter()
             jax.block_until_ready(fn())
             times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: float(np.median(ts)) for name, ts in times.items()}
+    med = {name: float(np.median(ts)) for name, ts in times.items()}
+    return med, {name: float(np.min(ts)) for name, ts in times.items()}
 
 
 def _name(cfg: tuple[bool, int]) -> str:
@@ -87,7 +93,9 @@ def bench_shape(m: int, k: int, n: int, chunks: list[int], rounds: int) -> dict[
     }
     for cfg, f in kernels.items():
         np.testing.assert_array_equal(np.asarray(f(pa, pw)), ref, err_msg=f"config {cfg}")
-    tune = time_interleaved({_name(c): (lambda f=f: f(pa, pw)) for c, f in kernels.items()}, rounds)
+    tune, _ = time_interleaved(
+        {_name(c): (lambda f=f: f(pa, pw)) for c, f in kernels.items()}, rounds
+    )
     best = min(configs, key=lambda c: tune[_name(c)])
     best32 = min([c for c in configs if not c[0]], key=lambda c: tune[_name(c)])
 
@@ -101,17 +109,25 @@ def bench_shape(m: int, k: int, n: int, chunks: list[int], rounds: int) -> dict[
     want = ref * scale
     for f in (lin_fast, lin_exact):
         np.testing.assert_allclose(np.asarray(f(xd, pw, sd)), want, rtol=1e-5, atol=1e-4)
-    times = time_interleaved(
-        {
-            "fp32_dot": lambda: fp(xd, wd),
-            "packed_excl_packing": lambda: kernels[best](pa, pw),
-            "packed_excl_packing_32bit_words": lambda: kernels[best32](pa, pw),
-            "packed_incl_packing": lambda: lin_fast(xd, pw, sd),
-            "packed_incl_packing_exact_zeros": lambda: lin_exact(xd, pw, sd),
-        },
-        rounds,
-    )
+    variants = {
+        "fp32_dot": lambda: fp(xd, wd),
+        "packed_excl_packing": lambda: kernels[best](pa, pw),
+        "packed_excl_packing_32bit_words": lambda: kernels[best32](pa, pw),
+        "packed_incl_packing": lambda: lin_fast(xd, pw, sd),
+        "packed_incl_packing_exact_zeros": lambda: lin_exact(xd, pw, sd),
+    }
+    if native.native_available():
+        nat = jax.jit(native.xnor_matmul_native)
+        nat_lin = jax.jit(
+            lambda x, w, s: binary_linear(x, w, s, exact_zeros=False, kernel="native")
+        )
+        np.testing.assert_array_equal(np.asarray(nat(pa, pw)), ref)
+        np.testing.assert_allclose(np.asarray(nat_lin(xd, pw, sd)), want, rtol=1e-5, atol=1e-4)
+        variants["native_excl_packing"] = lambda: nat(pa, pw)
+        variants["native_incl_packing"] = lambda: nat_lin(xd, pw, sd)
+    times, mins = time_interleaved(variants, rounds)
     speedup = {k: times["fp32_dot"] / v for k, v in times.items() if k != "fp32_dot"}
+    speedup_min = {k: mins["fp32_dot"] / v for k, v in mins.items() if k != "fp32_dot"}
     return {
         "shape_MxKxN": [m, k, n],
         "best_config": _name(best),
@@ -119,38 +135,56 @@ def bench_shape(m: int, k: int, n: int, chunks: list[int], rounds: int) -> dict[
         "tuning_ms": tune,
         "median_ms": times,
         "speedup_vs_fp32": speedup,
+        "min_ms": mins,
+        "speedup_vs_fp32_of_minima": speedup_min,
     }
 
 
+COLUMNS = (
+    ("packed_excl_packing", "XLA packed, packing excluded"),
+    ("packed_excl_packing_32bit_words", "same, best 32-bit-word config"),
+    ("packed_incl_packing", "XLA packed + packing"),
+    ("packed_incl_packing_exact_zeros", "XLA packed + packing, exact zeros"),
+    ("native_excl_packing", "native FFI, packing excluded"),
+    ("native_incl_packing", "native FFI + packing"),
+)
+
+
+def _table(res: dict, times_key: str, speed_key: str) -> list[str]:
+    head = ["M×K×N", "FP32 dot ms", *(title for _, title in COLUMNS), "best XLA config"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in res["results"]:
+        t, s = r[times_key], r[speed_key]
+        cells = [f"{t[k]:.3f} ms ({s[k]:.2f}x)" if k in t else "n/a" for k, _ in COLUMNS]
+        shape = "×".join(map(str, r["shape_MxKxN"]))
+        row = [shape, f"{t['fp32_dot']:.3f}", *cells, r["best_config"]]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def write_markdown(res: dict, path: Path) -> None:
+    cpu = res["cpu"]
     lines = [
         "# Packed binary linear vs XLA FP32 `jnp.dot`",
         "",
-        f"CPU: {res['cpu']['model_name']} (family {res['cpu']['cpu_family']}, model "
-        f"{res['cpu']['model']}, {res['cpu']['cpus']} CPUs); avx512_vpopcntdq: "
-        f"{res['cpu']['avx512_vpopcntdq']}; jax {res['jax_version']}; median of "
-        f"{res['rounds']} interleaved rounds after warm-up.",
+        f"CPU: {cpu['model_name']} (family {cpu['cpu_family']}, model {cpu['model']}, "
+        f"{cpu['cpus']} CPUs); avx512_vpopcntdq: {cpu['avx512_vpopcntdq']}; jax "
+        f"{res['jax_version']}; {res['rounds']} interleaved rounds after warm-up; native kernel "
+        f"ISA path: {res['native_isa']}; 1-min load average before/after: "
+        f"{res['loadavg_before']} / {res['loadavg_after']} (the machine is shared: absolute "
+        "times are noisy, ratios are measured side by side). Outputs are checked exact first.",
         "",
-        "| M×K×N | FP32 dot ms | packed, packing excluded | same, best 32-bit-word config | "
-        "packed + packing | packed + packing, exact zeros | best config |",
-        "|---|---|---|---|---|---|---|",
+        "## Median of rounds",
+        "",
+        *_table(res, "median_ms", "speedup_vs_fp32"),
+        "",
+        "## Minimum of rounds (less sensitive to other processes on the machine)",
+        "",
+        *_table(res, "min_ms", "speedup_vs_fp32_of_minima"),
+        "",
+        f"ISA flags: {' '.join(cpu['isa_flags'])}",
+        "",
     ]
-    for r in res["results"]:
-        t, s = r["median_ms"], r["speedup_vs_fp32"]
-        cells = [
-            f"{t[k]:.3f} ms ({s[k]:.2f}x)"
-            for k in (
-                "packed_excl_packing",
-                "packed_excl_packing_32bit_words",
-                "packed_incl_packing",
-                "packed_incl_packing_exact_zeros",
-            )
-        ]
-        shape = "×".join(map(str, r["shape_MxKxN"]))
-        lines.append(
-            f"| {shape} | {t['fp32_dot']:.3f} | " + " | ".join(cells) + f" | {r['best_config']} |"
-        )
-    lines += ["", f"ISA flags: {' '.join(res['cpu']['isa_flags'])}", ""]
     path.write_text("\n".join(lines))
 
 
@@ -166,12 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": cpu_info(),
         "jax_version": jax.__version__,
         "rounds": args.repeats,
+        "native_isa": native.native_isa(),
+        "loadavg_before": round(os.getloadavg()[0], 2),
         "results": [],
     }
     for m, k, n in SHAPES:
         r = bench_shape(m, k, n, chunks, args.repeats)
         print(json.dumps(r), flush=True)
         res["results"].append(r)
+    res["loadavg_after"] = round(os.getloadavg()[0], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     write_markdown(res, args.out.with_suffix(".md"))
