@@ -118,18 +118,25 @@ class CheckpointManager:
         self.close()
 
 
-def install_sigterm_handler(signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
+def install_sigterm_handler(signals: tuple[int, ...] = (signal.SIGTERM,)) -> bool:
     """On SIGTERM (preemption notice) set a flag instead of dying; the loop polls it.
 
     The loop should then save at the current step (``force=True``), wait and exit cleanly.
-    Must be called from the main thread.
+    Call from the main thread, after ``maybe_initialize_distributed``. In a multi-process run
+    this does nothing and returns ``False``: a per-process flag could make processes save at
+    different steps, so there the JAX preemption service (``reached_preemption``) decides.
     """
+    import jax
 
-    def handler(signum, frame):  # noqa: ARG001
+    if jax.process_count() > 1:
+        return False
+
+    def handler(signum, frame):
         _PREEMPTED.set()
 
     for sig in signals:
         signal.signal(sig, handler)
+    return True
 
 
 def preemption_requested() -> bool:

@@ -9,8 +9,9 @@ import argparse
 import json
 import os
 
-os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # 2 devices per process
+if __name__ == "__main__":  # not when a test imports full_data(): it must keep 8 devices
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # 2 per process
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

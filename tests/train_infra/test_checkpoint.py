@@ -114,7 +114,7 @@ def test_sigterm_sets_flag_and_loop_saves_then_exits(tmp_path):
     previous = signal.getsignal(signal.SIGTERM)
     ckpt.clear_preemption()
     try:
-        ckpt.install_sigterm_handler()
+        assert ckpt.install_sigterm_handler()
         assert not ckpt.preemption_requested()
         mesh = make_mesh({"data": -1})
         state = {"w": jax.device_put(np.arange(8.0, dtype=np.float32))}
