@@ -1,0 +1,345 @@
+"""Shared training machinery: train state, jitted train/eval steps, and a resumable loop.
+
+* ``TrainState(step, params, opt_state)``: a plain NamedTuple pytree (unboxed arrays).
+* ``init_train_state``: params and optimizer state born sharded under a mesh and logical rules;
+  returns the state and its shardings (also the abstract target for checkpoint restore).
+* ``make_train_step(loss_fn, tx, grad_accum_steps, seed)``: ``loss_fn(params, batch, rng) ->
+  (loss, aux)``; gradient accumulation runs inside the step as a ``lax.scan`` over micro-batches
+  (mean of micro-batch gradients, fp32 accumulator). The step's RNG is
+  ``fold_in(PRNGKey(seed), step)`` (then ``fold_in(·, micro)``), so a resumed run repeats exactly.
+* ``jit_step``: ``jax.jit`` with in/out shardings and the donated state, traced under the mesh and
+  the logical-axis rules.
+* ``run_loop``: steps, periodic logging/eval, checkpoint cadence and SIGTERM save.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from bipft_jax.parallel import batch_sharding, replicated, state_shardings
+from bipft_jax.parallel.rules import Rules
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+LossFn = Callable[[PyTree, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+class TrainState(NamedTuple):
+    """The whole mutable training state (student only; a teacher lives outside)."""
+
+    step: jax.Array
+    params: PyTree
+    opt_state: PyTree
+
+
+# ----------------------------------------------------------------------------- state + shardings
+
+
+def _dict_keys(path: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey))
+
+
+def opt_state_shardings(
+    abstract_opt_state: PyTree, abstract_params: PyTree, param_shardings: PyTree, mesh: Mesh
+) -> PyTree:
+    """Shard each optimizer-state leaf like the parameter it mirrors (Adam moments), else
+    replicate it (counters, scalars).
+
+    A leaf mirrors a parameter when the dict keys of its path end with that parameter's dict keys
+    and the shapes agree; this holds for every optax transform that keeps per-parameter trees.
+    """
+    by_path: dict[tuple[str, ...], tuple[tuple[int, ...], NamedSharding]] = {}
+    flat_p = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    flat_s = jax.tree.leaves(param_shardings)
+    for (path, leaf), sharding in zip(flat_p, flat_s, strict=True):
+        by_path[_dict_keys(path)] = (tuple(leaf.shape), sharding)
+    depth = max((len(k) for k in by_path), default=0)
+
+    def pick(path, leaf):
+        keys = _dict_keys(path)
+        for n in range(min(depth, len(keys)), 0, -1):
+            hit = by_path.get(keys[-n:])
+            if hit is not None and hit[0] == tuple(leaf.shape):
+                return hit[1]
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
+
+
+def init_train_state(
+    init_params: Callable[..., PyTree],
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    rules: Rules,
+    *args: Any,
+) -> tuple[TrainState, TrainState]:
+    """``(state, shardings)`` with params from ``init_params(*args)`` (may return ``nn.Partitioned``
+    boxes) and ``tx.init``, both created directly in their target shardings.
+
+    ``init_params`` should return the params tree only (not ``{"params": ...}``).
+    """
+    shardings = train_state_shardings(init_params, tx, mesh, rules, *args)
+
+    def init(*a):
+        params = nn.meta.unbox(init_params(*a))
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        state = jax.jit(init, out_shardings=shardings)(*args)
+    return state, shardings
+
+
+def train_state_shardings(
+    init_params: Callable[..., PyTree],
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    rules: Rules,
+    *args: Any,
+) -> TrainState:
+    """The ``NamedSharding`` tree of the state that ``init_train_state`` builds."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(init_params, *args)
+        p_sh = nn.meta.unbox(state_shardings(boxed, mesh, rules))
+        params = jax.eval_shape(lambda *a: nn.meta.unbox(init_params(*a)), *args)
+        opt = jax.eval_shape(tx.init, params)
+    return TrainState(replicated(mesh), p_sh, opt_state_shardings(opt, params, p_sh, mesh))
+
+
+def abstract_state(shardings: TrainState, example: TrainState) -> TrainState:
+    """``ShapeDtypeStruct`` tree (with shardings) of ``example``: the checkpoint restore target."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), example, shardings
+    )
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def step_rng(seed: int, step: jax.Array) -> jax.Array:
+    """The RNG of a train step: a pure function of (seed, step)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), step)
+
+
+def _split_micro(batch: Batch, k: int) -> Batch:
+    def split(x):
+        if x.shape[0] % k:
+            raise ValueError(
+                f"batch dimension {x.shape[0]} is not divisible by grad_accum_steps={k}"
+            )
+        return x.reshape(k, x.shape[0] // k, *x.shape[1:])
+
+    return jax.tree.map(split, batch)
+
+
+def _to_f32(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda g: g.astype(jnp.float32), tree)
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    grad_accum_steps: int = 1,
+    seed: int = 0,
+    lr_fn: Callable[[jax.Array], jax.Array] | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """A pure ``step(state, batch) -> (state, metrics)`` (not jitted; see ``jit_step``).
+
+    With ``grad_accum_steps = k > 1`` the batch's leading dimension is split into ``k``
+    micro-batches; gradients and metrics are the means over them, so with per-example-mean losses
+    one step on ``k × (B/k)`` equals one step on ``B`` (elastic quantizers need
+    ``numel_multiplier = k``, see ``with_numel_multiplier``). Metrics add ``loss``, ``grad_norm``
+    and (given ``lr_fn``) ``lr``.
+    """
+    if grad_accum_steps < 1:
+        raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng = step_rng(seed, state.step)
+        if grad_accum_steps == 1:
+            (loss, aux), grads = grad_fn(state.params, batch, rng)
+        else:
+            micro = _split_micro(batch, grad_accum_steps)
+
+            def body(carry, xs):
+                i, mb = xs
+                (loss, aux), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+                acc_g, acc_m = carry
+                acc_g = jax.tree.map(jnp.add, acc_g, _to_f32(g))
+                acc_m = jax.tree.map(jnp.add, acc_m, _to_f32({"loss": loss, **aux}))
+                return (acc_g, acc_m), None
+
+            zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+            m_shape = jax.eval_shape(
+                lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro), rng)[0]
+            )
+            zeros_m = jax.tree.map(
+                lambda s: jnp.zeros(s.shape, jnp.float32), {"loss": m_shape[0], **m_shape[1]}
+            )
+            idx = jnp.arange(grad_accum_steps)
+            (sum_g, sum_m), _ = jax.lax.scan(body, (zeros_g, zeros_m), (idx, micro))
+            scale = 1.0 / grad_accum_steps
+            grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), sum_g, state.params)
+            metrics = jax.tree.map(lambda m: m * scale, sum_m)
+            loss, aux = metrics.pop("loss"), metrics
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**aux, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+        if lr_fn is not None:
+            metrics["lr"] = lr_fn(state.step)
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return step
+
+
+def make_eval_step(
+    metric_fn: Callable[[PyTree, Batch], dict[str, jax.Array]],
+) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
+    """``eval_step(state, batch) -> metrics`` from ``metric_fn(params, batch)`` (not jitted)."""
+
+    def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+        return metric_fn(state.params, batch)
+
+    return eval_step
+
+
+def jit_step(
+    fn: Callable,
+    mesh: Mesh,
+    rules: Rules,
+    shardings: TrainState,
+    *,
+    returns_state: bool = True,
+) -> Callable:
+    """``jax.jit`` of ``fn(state, batch)`` with the state's shardings, batch split over the batch
+    axes, replicated metrics and (when ``returns_state``) the input state donated. Tracing happens
+    under ``jax.set_mesh(mesh)`` and the logical-axis ``rules``.
+    """
+    rep = replicated(mesh)
+    out = (shardings, rep) if returns_state else rep
+    jitted = jax.jit(
+        fn,
+        in_shardings=(shardings, batch_sharding(mesh)),
+        out_shardings=out,
+        donate_argnums=(0,) if returns_state else (),
+    )
+
+    def call(state, batch):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return jitted(state, batch)
+
+    call.jitted = jitted  # type: ignore[attr-defined]
+    return call
+
+
+# ----------------------------------------------------------------------------- quantizer helper
+
+
+def with_numel_multiplier(config: Any, k: int) -> Any:
+    """A copy of a frozen (Bert/Quant) config dataclass with every ``ActQuant.numel_multiplier``
+    set to ``k`` (the gradient-accumulation steps), recursing through nested dataclasses."""
+    from bipft_jax.quant import ActQuant
+
+    if isinstance(config, ActQuant):
+        return dataclasses.replace(config, numel_multiplier=k)
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return config
+    changes = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        new = with_numel_multiplier(value, k)
+        if new is not value:
+            changes[f.name] = new
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+@dataclasses.dataclass
+class LoopHooks:
+    """Optional callbacks of ``run_loop`` (all receive host-side Python values)."""
+
+    on_log: Callable[[int, dict[str, float], float], None] | None = None  # (step, metrics, dt)
+    evaluate: Callable[[TrainState, int], None] | None = None  # (state, step)
+    extra: Callable[[], dict] | None = None  # JSON saved with each checkpoint (loader state)
+
+
+def to_host(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Device metrics -> Python floats (blocks until the step is done)."""
+    return {k: float(np.asarray(v)) for k, v in jax.device_get(dict(metrics)).items()}
+
+
+def run_loop(
+    state: TrainState,
+    train_step: Callable[[TrainState, Batch], tuple[TrainState, dict]],
+    batches: Iterator[Batch],
+    start_step: int,
+    total_steps: int,
+    *,
+    checkpoint: Any | None = None,
+    log_every: int = 10,
+    eval_every: int = 0,
+    hooks: LoopHooks | None = None,
+) -> tuple[TrainState, str]:
+    """Run ``train_step`` from ``start_step`` to ``total_steps``; returns ``(state, status)``.
+
+    ``status`` is ``"done"`` or ``"preempted"`` (SIGTERM / preemption service: a checkpoint at
+    the current step was written). ``checkpoint`` is a ``bipft_jax.train.checkpoint
+    .CheckpointManager``; it saves on its cadence and at the last step. ``batches`` yields global
+    (sharded) batches. ``on_log`` gets the logged step's metrics and the mean step time since
+    the previous log.
+    """
+    hooks = hooks or LoopHooks()
+    extra = hooks.extra or (lambda: {})
+    step = start_step
+    t_last, s_last = time.perf_counter(), step
+    status = "done"
+    while step < total_steps:
+        batch = next(batches)
+        state, metrics = train_step(state, batch)
+        step += 1
+        last = step == total_steps
+        saved = checkpoint is not None and checkpoint.save(step, state, extra(), force=last)
+        if hooks.on_log is not None and (step % log_every == 0 or last or step == start_step + 1):
+            host = to_host(metrics)
+            now = time.perf_counter()
+            hooks.on_log(step, host, (now - t_last) / max(step - s_last, 1))
+            t_last, s_last = now, step
+        if hooks.evaluate is not None and eval_every > 0 and (step % eval_every == 0 or last):
+            hooks.evaluate(state, step)
+        if not last and checkpoint is not None and checkpoint.reached_preemption(step):
+            if not saved:
+                checkpoint.save(step, state, extra(), force=True)
+            status = "preempted"
+            break
+    if checkpoint is not None:
+        checkpoint.wait_until_finished()
+    return state, status
+
+
+__all__ = [
+    "LoopHooks",
+    "TrainState",
+    "abstract_state",
+    "init_train_state",
+    "jit_step",
+    "make_eval_step",
+    "make_train_step",
+    "opt_state_shardings",
+    "run_loop",
+    "step_rng",
+    "to_host",
+    "train_state_shardings",
+    "with_numel_multiplier",
+]
