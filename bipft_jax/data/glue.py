@@ -67,7 +67,7 @@ def _bin(name0: str, name1: str) -> tuple[tuple[str, str], ...]:
     return ((name0, "0"), (name1, "1"))
 
 
-def _pair(label: int | None = -1, a: int = 1, b: int = 2, file: str = "") -> Columns:
+def _pair(label: int | None = -1, a: int = 1, b: int | None = 2, file: str = "") -> Columns:
     return Columns(file, True, a, b, label)
 
 
@@ -217,7 +217,8 @@ def load_glue_local(
         n_expected = len(rows[0][1])
         rows = rows[1:]
     needed = max(c for c in (cols.text_a, cols.text_b, cols.label or 0) if c is not None) + 1
-    examples, skipped = [], 0
+    examples: list[Example] = []
+    skipped = 0
     for lineno, row in rows:
         where = f"{path}:{lineno}"
         try:
@@ -277,7 +278,9 @@ def tfds_record_to_example(spec: TaskSpec, split: str, index: int, record: dict)
         label: int | float | None = float(raw) if split != "test" else None
     else:
         label = None if int(raw) < 0 else int(spec.tfds_label_map()[int(raw)])
-    return Example(f"{split}-{index}", text(spec.tfds_text[0]), text(spec.tfds_text[1]), label)
+    return Example(
+        f"{split}-{index}", text(spec.tfds_text[0]) or "", text(spec.tfds_text[1]), label
+    )
 
 
 def load_glue(

@@ -43,6 +43,10 @@ def decode_record(data: bytes) -> list[np.ndarray]:
     return [arr[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}.array_record"
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -69,32 +73,36 @@ def write_prepared(
         raise CorpusError(f"{out} already holds a prepared corpus ({MANIFEST}); use a new --out")
     shards: list[dict] = []
     totals = {"num_docs": 0, "num_sentences": 0, "num_tokens": 0}
-    writer, cur, t0 = None, None, time.time()
+    writer, shard_docs, shard_tokens, t0 = None, 0, 0, time.time()
+
+    def close_shard(w) -> None:
+        w.close()
+        shards.append({"file": shard_name(len(shards)), "num_docs": shard_docs,
+                       "num_tokens": shard_tokens})  # fmt: skip
+
     for doc in docs:
         doc = [s for s in doc if len(s)]
         if not doc:
             continue
         if writer is None:
-            cur = {"file": f"shard-{len(shards):05d}.array_record", "num_docs": 0, "num_tokens": 0}
-            writer = ArrayRecordWriter(str(out / cur["file"]), "group_size:1")
+            writer = ArrayRecordWriter(str(out / shard_name(len(shards))), "group_size:1")
+            shard_docs = shard_tokens = 0
         writer.write(encode_record(doc))
         n_tok = sum(len(s) for s in doc)
-        cur["num_docs"] += 1
-        cur["num_tokens"] += n_tok
+        shard_docs += 1
+        shard_tokens += n_tok
         totals["num_docs"] += 1
         totals["num_sentences"] += len(doc)
         totals["num_tokens"] += n_tok
-        if cur["num_docs"] >= shard_size:
-            writer.close()
-            shards.append(cur)
+        if shard_docs >= shard_size:
+            close_shard(writer)
             writer = None
             log(
                 f"prepare: {totals['num_docs']} docs, {totals['num_tokens']} tokens, "
                 f"{len(shards)} shard(s), {time.time() - t0:.1f}s"
             )
     if writer is not None:
-        writer.close()
-        shards.append(cur)
+        close_shard(writer)
     if not totals["num_docs"]:
         raise CorpusError("no non-empty documents in the input; nothing written")
     manifest = {"format": FORMAT, **totals, "settings": settings, "shards": shards}
@@ -168,6 +176,7 @@ def prepare(
     if inputs:
         docs = iter_text_documents(list(inputs), doc_split)
     else:
+        assert tfds_name is not None
         docs = iter_tfds_documents(tfds_name, tfds_split, tfds_data_dir, text_field)
     settings = {
         "inputs": [str(i) for i in inputs], "tfds": tfds_name, "tfds_split": tfds_split,

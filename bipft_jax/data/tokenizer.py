@@ -140,7 +140,7 @@ class BertTokenizer:
         ids_b: list[list[int] | None] = [None] * n
         if texts_b is not None:
             present = [i for i, t in enumerate(texts_b) if t is not None]
-            encoded = self.tokenize_batch_to_ids([texts_b[i] for i in present])
+            encoded = self.tokenize_batch_to_ids([t for t in texts_b if t is not None])
             for i, ids in zip(present, encoded, strict=True):
                 ids_b[i] = ids
         out = {k: np.zeros((n, max_length), np.int32) for k in _FIELDS}
