@@ -22,7 +22,7 @@ class ExportError(ValueError):
 
 def _params(tree: Mapping[str, Any]) -> Mapping[str, Any]:
     """Accept either `variables` (with a "params" key) or the params tree itself."""
-    return tree["params"] if "params" in tree else tree
+    return tree.get("params", tree)
 
 
 def flat_params(tree: Mapping[str, Any], config: BertConfig) -> dict[tuple[str, ...], np.ndarray]:

@@ -41,7 +41,7 @@ def init_params(config, head: str, num_labels: int = 3, seed: int = 0, scale: fl
     for path, x in flat:
         name = jax.tree_util.keystr(path)
         if "alpha" in name:  # keep α positive, moved away from its data init
-            leaves.append((x * rng.uniform(0.5, 1.5, x.shape)).astype(x.dtype))
+            leaves.append((x * rng.uniform(0.5, 1.5) + rng.uniform(0.05, 0.3)).astype(x.dtype))
         else:
             leaves.append((x + scale * 0.1 * rng.standard_normal(x.shape)).astype(x.dtype))
     return model, jax.tree.unflatten(jax.tree.structure(params), leaves)
