@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from bipft_jax.infer.packing import PackedSigns, num_words
+
 FORMAT_NAME = "bipft-packed"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -156,3 +158,33 @@ def packed_size_bytes(source: str | os.PathLike | Mapping[str, np.ndarray]) -> i
     body = read_manifest(source)
     files = [MANIFEST, *body["files"]]
     return int(sum((Path(source) / name).stat().st_size for name in files))
+
+
+def packed_entries(
+    name: str, packed: PackedSigns
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """Arrays and ``tensor_meta`` for one packed tensor: ``<name>.signs`` (+ ``<name>.mask``)."""
+    arrays = {f"{name}.signs": np.asarray(packed.signs, np.uint32)}
+    meta: dict[str, dict[str, Any]] = {f"{name}.signs": {"role": "packed_signs", "k": packed.k}}
+    if packed.mask is not None:
+        arrays[f"{name}.mask"] = np.asarray(packed.mask, np.uint32)
+        meta[f"{name}.mask"] = {"role": "packed_mask", "k": packed.k}
+    return arrays, meta
+
+
+def packed_from_entries(
+    arrays: Mapping[str, np.ndarray], manifest: Mapping[str, Any], name: str
+) -> PackedSigns:
+    """Rebuild the :class:`PackedSigns` saved by :func:`packed_entries` under ``name``."""
+    key = f"{name}.signs"
+    rec = manifest["tensors"].get(key)
+    if rec is None or rec.get("role") != "packed_signs" or "k" not in rec:
+        raise PackedFormatError(f"no packed tensor {name!r} (expected '{key}' with role and k)")
+    k = int(rec["k"])
+    signs = arrays[key]
+    if signs.dtype != np.uint32 or signs.shape[-1] != num_words(k):
+        raise PackedFormatError(f"{key}: {signs.dtype}{list(signs.shape)} cannot hold k={k}")
+    mask = arrays.get(f"{name}.mask")
+    if mask is not None and mask.shape != signs.shape:
+        raise PackedFormatError(f"{name}.mask shape {mask.shape} != {key} shape {signs.shape}")
+    return PackedSigns(signs=signs, mask=mask, k=k)

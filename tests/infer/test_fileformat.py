@@ -10,6 +10,8 @@ from bipft_jax.infer.fileformat import (
     TENSOR_FILE,
     PackedFormatError,
     load_packed,
+    packed_entries,
+    packed_from_entries,
     packed_size_bytes,
     save_packed,
 )
@@ -121,3 +123,23 @@ def test_save_rejects_reserved_keys_and_unknown_meta(tmp_path):
         save_packed(tmp_path / "a", a, {"format_version": 2})
     with pytest.raises(ValueError, match="not in arrays: \\['y'\\]"):
         save_packed(tmp_path / "b", a, {}, {"y": {"role": "fp"}})
+
+
+@pytest.mark.parametrize("zeros", [False, True])
+def test_packed_entries_round_trip(tmp_path, zeros):
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((45, 6)).astype(np.float32)
+    if zeros:
+        w[3, 2] = 0.0
+    packed = pack_matrix(w, axis=0)
+    arrays, meta = packed_entries("enc/q", packed)
+    assert ("enc/q.mask" in arrays) == zeros
+    got_arrays, body = load_packed(save_packed(tmp_path / "m", arrays, {"preset": "x"}, meta))
+    back = packed_from_entries(got_arrays, body, "enc/q")
+    assert back.k == 45
+    np.testing.assert_array_equal(back.unpack(np.float32), np.sign(w).T)
+    with pytest.raises(PackedFormatError, match="no packed tensor 'enc/k'"):
+        packed_from_entries(got_arrays, body, "enc/k")
+    body["tensors"]["enc/q.signs"]["k"] = 100
+    with pytest.raises(PackedFormatError, match="cannot hold k=100"):
+        packed_from_entries(got_arrays, body, "enc/q")
