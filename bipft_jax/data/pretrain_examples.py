@@ -68,12 +68,34 @@ def _rng(seed: int, tag: int, *key: int) -> np.random.Generator:
     """Counter-based stream: Philox keyed by the seed, counter words (0, tag, *key).
 
     The lowest counter word is the block counter, so streams for different (tag, key) never
-    overlap (each draws far fewer than 2**64 blocks); construction is cheaper than SeedSequence.
+    overlap (each draws far fewer than 2**64 blocks).
     """
+    return np.random.Generator(np.random.Philox(key=seed, counter=_counter(tag, key)))
+
+
+def _counter(tag: int, key: tuple[int, ...]) -> np.ndarray:
     words = [0, tag, *key]
     if len(words) > 4 or min(words) < 0:
         raise ValueError(f"bad stream key {(tag, *key)}")
-    return np.random.Generator(np.random.Philox(key=seed, counter=words + [0] * (4 - len(words))))
+    return np.array(words + [0] * (4 - len(words)), np.uint64)
+
+
+class _Streams:
+    """The streams of `_rng`, by re-seating one Philox generator (3x cheaper than building one).
+    Not thread-safe: one instance per builder, builders are per process."""
+
+    def __init__(self, seed: int):
+        self._bits = np.random.Philox(key=seed)
+        self._gen = np.random.Generator(self._bits)
+        self._key = self._bits.state["state"]["key"]
+
+    def get(self, tag: int, *key: int) -> np.random.Generator:
+        self._bits.state = {
+            "bit_generator": "Philox",
+            "state": {"counter": _counter(tag, key), "key": self._key},
+            "buffer": np.zeros(4, np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0,
+        }  # fmt: skip
+        return self._gen
 
 
 def build_plan(
@@ -134,6 +156,7 @@ class ExampleBuilder:
             min(1.0, max(0.0, (p - forced) / (1 - forced))) if forced < 1 else 1.0
         )
         self._perm_epoch, self._perm = -1, np.arange(0)
+        self._streams = _Streams(self.seed)
 
     @property
     def num_instances(self) -> int:
@@ -227,7 +250,7 @@ class ExampleBuilder:
 
     def example(self, step: int, index: int, global_batch_size: int) -> dict[str, np.ndarray]:
         """The `index`-th example of global batch `step` (arrays of length seq_len)."""
-        rng = _rng(self.seed, _EXAMPLE_TAG, step, index)
+        rng = self._streams.get(_EXAMPLE_TAG, step, index)
         inst = self.instance_for(step * global_batch_size + index)
         a, b, nsp = self._segments(inst, rng)
         a, b = self._truncate(a, b, rng)

@@ -255,3 +255,20 @@ def test_loader_source_errors(tmp_path, vocab_file):
     (tmp_path / "one.txt").write_text("Just one document here. Two sentences.\n")
     with pytest.raises(ValueError, match="NSP needs at least 2 documents, got 1"):
         PretrainLoader([tmp_path / "one.txt"], 8, SEQ, 0, 0, 1, vocab_file=vocab_file)
+
+
+def test_reseated_streams_equal_fresh_generators():
+    from bipft_jax.data.pretrain_examples import _rng, _Streams
+
+    rng = np.random.default_rng(0)
+    streams = _Streams(12345)
+    for _ in range(20):
+        key = tuple(int(x) for x in rng.integers(0, 2**40, 3))
+        got = streams.get(*key)
+        got.random()  # leave partial state behind (buffers) before the next re-seat
+        fresh = _rng(12345, *key)
+        fresh.random()
+        np.testing.assert_array_equal(got.integers(0, 1000, 7), fresh.integers(0, 1000, 7))
+        np.testing.assert_array_equal(got.random(3), fresh.random(3))
+    a, b = _rng(1, 2, 3, 4).random(4), _rng(1, 2, 3, 5).random(4)
+    assert not np.allclose(a, b)
