@@ -71,7 +71,7 @@ def maybe_initialize_distributed(
             f"(got {coordinator_address!r}, {num_processes!r}, {process_id!r}) or all omitted "
             "for auto-detection"
         )
-    if num_processes is not None and not 0 <= process_id < num_processes:
+    if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"--process_id {process_id} is not in [0, {num_processes})")
     if timeout_s < 1:
         raise ValueError(f"timeout_s must be >= 1 second, got {timeout_s}")
@@ -81,7 +81,7 @@ def maybe_initialize_distributed(
     hint = "are all processes started, with the same coordinator address and process count?"
     deadline = time.monotonic() + timeout_s
     probe = coordinator_address is not None and process_id != 0
-    if probe and not _wait_for_port(coordinator_address, deadline):
+    if probe and not _wait_for_port(str(coordinator_address), deadline):
         raise DistributedInitError(
             f"{who}: the coordinator {where} did not accept connections within "
             f"{timeout_s} s; {hint}"

@@ -22,9 +22,12 @@ def resolve_mesh_shape(
 ) -> tuple[int, int, int]:
     """Sizes of ``(data, fsdp, tensor)`` with at most one ``-1`` filled in.
 
-    ``shape`` is a mapping ``{"data": 2, "fsdp": -1}`` (missing axes default to 1) or a
-    sequence of three ints. Raises ``ValueError`` naming the axes when the sizes do not fit.
+    ``shape`` is a mapping ``{"data": 2, "fsdp": -1}`` (missing axes default to 1; an
+    ``ml_collections.ConfigDict`` works too) or a sequence of three ints. Raises ``ValueError``
+    naming the axes when the sizes do not fit.
     """
+    if hasattr(shape, "to_dict"):  # ConfigDict is not a collections.abc.Mapping
+        shape = shape.to_dict()
     if isinstance(shape, Mapping):
         unknown = sorted(set(shape) - set(MESH_AXES))
         if unknown:

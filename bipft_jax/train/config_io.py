@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import ml_collections
+from ml_collections import ConfigDict
 
-ConfigDict = ml_collections.ConfigDict
 PREFIX = "--config."
 
 
@@ -40,6 +39,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
         raise ConfigError(f"config file {path} does not exist or is not a .py file")
     module_name = f"_bipft_config_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
+    assert module_spec is not None and module_spec.loader is not None, path
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module  # dataclasses/pickling inside configs need this
     module_spec.loader.exec_module(module)

@@ -93,8 +93,9 @@ class MetricWriter:
         """Record one step's scalars (jax/numpy 0-d arrays or Python numbers)."""
         if not self.enabled:
             return
-        row = {"step": int(step)}
+        row: dict[str, float | int | str] = {"step": int(step)}
         row.update({k: _scalar(v) for k, v in scalars.items()})
+        assert self._jsonl is not None, "write_scalars after close()"
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
         if self._tb is not None:

@@ -1,5 +1,6 @@
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -113,6 +114,7 @@ def test_mesh_shape_resolution_and_errors():
     assert resolve_mesh_shape({"data": -1}, 8) == (8, 1, 1)
     assert resolve_mesh_shape({"data": 2, "tensor": -1}, 8) == (2, 1, 4)
     assert resolve_mesh_shape([1, 2, 4], 8) == (1, 2, 4)
+    assert resolve_mesh_shape(ml_collections.ConfigDict({"fsdp": -1, "tensor": 2}), 8) == (1, 4, 2)
     with pytest.raises(ValueError, match="multiply to 3, which does not divide the 8"):
         resolve_mesh_shape({"data": 3, "fsdp": -1}, 8)
     with pytest.raises(ValueError, match="has 4 devices but 8 are available"):
