@@ -23,12 +23,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(addr: str, nproc: int, pid: int, timeout_s: int) -> subprocess.Popen:
+def _spawn(addr: str, nproc: int, pid: int, timeout_s: int, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "tests.parallel.dist_worker", "pretrain", "--distributed"]
     cmd += ["--coordinator_address", addr, "--num_processes", str(nproc), "--process_id", str(pid)]
     return subprocess.Popen(
-        [*cmd, "--distributed_timeout_s", str(timeout_s)],
+        [*cmd, "--distributed_timeout_s", str(timeout_s), *extra],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -37,9 +37,9 @@ def _spawn(addr: str, nproc: int, pid: int, timeout_s: int) -> subprocess.Popen:
     )
 
 
-def test_two_processes_agree_with_single_process_sum():
+def test_two_processes_agree_with_single_process_sum_and_share_a_checkpoint(tmp_path):
     addr = f"127.0.0.1:{_free_port()}"
-    procs = [_spawn(addr, 2, pid, 60) for pid in range(2)]
+    procs = [_spawn(addr, 2, pid, 60, "--ckpt_dir", str(tmp_path)) for pid in range(2)]
     outs = []
     for p in procs:
         out, err = p.communicate(timeout=120)
@@ -51,6 +51,7 @@ def test_two_processes_agree_with_single_process_sum():
         assert o["global_shape"] == [dist_worker.ROWS, dist_worker.COLS]
         np.testing.assert_allclose(o["sum"], expected, rtol=1e-5)
         np.testing.assert_allclose(o["psum"], expected, rtol=1e-5)
+        assert o["ckpt_max_abs_err"] == 0.0  # restored bit-exact onto the new sharding
 
 
 def test_coordinator_alone_exits_with_clear_error_in_time():
