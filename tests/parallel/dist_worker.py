@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         "sum": np.asarray(total.addressable_data(0)).tolist(),
         "psum": np.asarray(psum.addressable_data(0)).tolist(),
     }
+    from bipft_jax.train.checkpoint import install_sigterm_handler
+
+    out["sigterm_handler_installed"] = install_sigterm_handler()
     if a.ckpt_dir:
         out["ckpt_max_abs_err"] = _checkpoint_roundtrip(a.ckpt_dir, x)
     print(json.dumps(out), flush=True)
