@@ -165,6 +165,13 @@ def hidden_mse(
     return _reduce_layers(per, reduction)
 
 
+def _as_layers(x: Sequence[Array] | Array) -> list[Array]:
+    """A list/tuple of per-layer arrays, or one array taken as a single layer."""
+    if isinstance(x, (list, tuple)):
+        return [jnp.asarray(a) for a in x]
+    return [jnp.asarray(x)]
+
+
 def attention_kd(
     student_scores: Sequence[Array] | Array,
     teacher_scores: Sequence[Array] | Array,
@@ -176,11 +183,10 @@ def attention_kd(
     With ``mask=None`` entries ≤ -1e2 (from the additive mask) are zeroed on both sides, as in the
     reference; with a ``[B, L]`` token ``mask`` only (valid query, valid key) pairs are averaged.
     """
-    if not isinstance(student_scores, (list, tuple)):
-        student_scores, teacher_scores = [student_scores], [teacher_scores]
-    _check_layers(student_scores, teacher_scores, "attention_kd")
+    s_list, t_list = _as_layers(student_scores), _as_layers(teacher_scores)
+    _check_layers(s_list, t_list, "attention_kd")
     per = []
-    for s, t in zip(student_scores, teacher_scores, strict=True):
+    for s, t in zip(s_list, t_list, strict=True):
         if mask is None:
             s = jnp.where(s <= MASKED_SCORE_THRESHOLD, 0.0, s)
             t = jnp.where(t <= MASKED_SCORE_THRESHOLD, 0.0, t)
