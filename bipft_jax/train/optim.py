@@ -67,7 +67,7 @@ def make_schedule(
             f"({warmup_steps})"
         )
     w = float(warmup_steps)
-    decay_len = 1.0 if kind == "constant" else float(total_steps) - w
+    decay_len = 1.0 if total_steps is None or kind == "constant" else float(total_steps) - w
 
     def schedule(step: jax.Array) -> jax.Array:
         s = jnp.asarray(step, jnp.float32)
