@@ -94,7 +94,7 @@ def bipft_pretrain_loss(
     student_out: Mapping[str, Any],
     teacher_out: Mapping[str, Any],
     batch: Mapping[str, Array],
-    weights: Mapping[str, float] | None = None,
+    weights: Mapping[str, Any] | None = None,
     temperature: float = 1.0,
     mask_hidden: bool = False,
     dmd_per_example: bool = True,
@@ -103,55 +103,61 @@ def bipft_pretrain_loss(
 
     ``total = w_mlm·CE_MLM + w_nsp·CE_NSP + w_nsp_kd·softCE(NSP) + w_hidden·(1/(L+1))Σ MSE(H)
     [+ w_mlm_kd·masked MLM soft-CE + w_attn·attention KD + w_dmd·DMD]``. Missing weights take
-    ``DEFAULT_PRETRAIN_WEIGHTS`` (the reference); terms with weight 0 are not computed, so their
-    outputs need not exist. ``batch`` needs ``labels`` (MLM, -100 ignored) and
-    ``next_sentence_label``; ``attention_mask`` is used by ``mask_hidden``, attention KD and DMD.
+    ``DEFAULT_PRETRAIN_WEIGHTS`` (the reference); terms whose weight is the number 0 are not
+    computed, so their outputs need not exist; weights may be (traced) arrays, e.g. scheduled.
+    ``batch`` needs ``labels`` (MLM, -100 ignored) and ``next_sentence_label``;
+    ``attention_mask`` is used by ``mask_hidden``, attention KD and DMD. Attention KD is averaged
+    over layers here (``attention_kd`` alone sums, as TinyBERT).
     """
-    w = dict(DEFAULT_PRETRAIN_WEIGHTS)
+    w: dict[str, Any] = dict(DEFAULT_PRETRAIN_WEIGHTS)
     for key, value in (weights or {}).items():
         if key not in DEFAULT_PRETRAIN_WEIGHTS:
             raise KeyError(
                 f"bipft_pretrain_loss: unknown loss weight {key!r} "
                 f"(known: {sorted(DEFAULT_PRETRAIN_WEIGHTS)})"
             )
-        w[key] = float(value)
+        w[key] = value
     mask = batch.get(MASK_KEY)
     parts: dict[str, Array] = {}
     total = jnp.float32(0.0)
+
+    def on(name: str) -> bool:
+        """False only for a weight that is a plain number equal to 0 (arrays may be traced)."""
+        return not (isinstance(w[name], (int, float)) and w[name] == 0)
 
     def add(name: str, value: Array) -> None:
         nonlocal total
         parts[name] = value
         total = total + w[name] * value
 
-    if w["mlm"] or w["mlm_kd"]:
+    if on("mlm") or on("mlm_kd"):
         mlm_labels = _require(batch, MLM_LABELS_KEY, "batch")
         s_mlm = _require(student_out, "mlm_logits", "student_out")
-    if w["mlm"]:
+    if on("mlm"):
         loss, parts["mlm_acc"] = mlm_loss(s_mlm, mlm_labels)
         add("mlm", loss)
-    if w["mlm_kd"]:
+    if on("mlm_kd"):
         t_mlm = _require(teacher_out, "mlm_logits", "teacher_out")
         add("mlm_kd", masked_soft_cross_entropy(s_mlm, t_mlm, mlm_labels, temperature))
-    if w["nsp"] or w["nsp_kd"]:
+    if on("nsp") or on("nsp_kd"):
         s_nsp = _require(student_out, "nsp_logits", "student_out")
-    if w["nsp"]:
+    if on("nsp"):
         loss, parts["nsp_acc"] = nsp_loss(s_nsp, _require(batch, NSP_LABELS_KEY, "batch"))
         add("nsp", loss)
-    if w["nsp_kd"]:
+    if on("nsp_kd"):
         t_nsp = _require(teacher_out, "nsp_logits", "teacher_out")
         add("nsp_kd", soft_cross_entropy(s_nsp, t_nsp, temperature))
-    if w["hidden"] or w["dmd"]:
+    if on("hidden") or on("dmd"):
         s_h = _require(student_out, "hidden_states", "student_out")
         t_h = _require(teacher_out, "hidden_states", "teacher_out")
-    if w["hidden"]:
+    if on("hidden"):
         h_mask = _require(batch, MASK_KEY, "batch") if mask_hidden else None
         add("hidden", hidden_mse(s_h, t_h, "mean_over_layers", h_mask))
-    if w["attn"]:
+    if on("attn"):
         s_a = _require(student_out, "attention_scores", "student_out")
         t_a = _require(teacher_out, "attention_scores", "teacher_out")
         add("attn", attention_kd(s_a, t_a, mask, "mean_over_layers"))
-    if w["dmd"]:
+    if on("dmd"):
         s_qkv = _qkv_layers(student_out, "student_out")
         t_qkv = _qkv_layers(teacher_out, "teacher_out")
         dmd_mask = mask if dmd_per_example else None

@@ -173,3 +173,18 @@ def test_bipft_pretrain_loss_jits_and_gradients_are_finite(rng):
         losses.bipft_pretrain_loss(so, to, batch, w)[0],
         rtol=1e-5,
     )
+
+
+def test_bipft_pretrain_loss_accepts_traced_weights(rng):
+    so, to, batch = _outputs(rng), _outputs(rng), _batch(rng)
+    _, parts = losses.bipft_pretrain_loss(so, to, batch, {"attn": 1.0})
+
+    @jax.jit
+    def f(w_hidden, w_attn):
+        return losses.bipft_pretrain_loss(so, to, batch, {"hidden": w_hidden, "attn": w_attn})[0]
+
+    base = parts["mlm"] + parts["nsp"] + parts["nsp_kd"]
+    np.testing.assert_allclose(
+        f(0.5, 2.0), base + 0.5 * parts["hidden"] + 2.0 * parts["attn"], rtol=1e-5
+    )
+    np.testing.assert_allclose(f(0.0, 0.0), base, rtol=1e-5)
