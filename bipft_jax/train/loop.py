@@ -31,7 +31,7 @@ from bipft_jax.parallel.rules import Rules
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
-LossFn = Callable[[PyTree, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]  # (params, batch, rng, *consts)
 
 
 class TrainState(NamedTuple):
@@ -152,7 +152,10 @@ def make_train_step(
     seed: int = 0,
     lr_fn: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """A pure ``step(state, batch) -> (state, metrics)`` (not jitted; see ``jit_step``).
+    """A pure ``step(state, batch, *consts) -> (state, metrics)`` (not jitted; see ``jit_step``).
+
+    ``loss_fn(params, batch, rng, *consts)``; ``consts`` are non-trained inputs such as a frozen
+    teacher's params (passed as arguments, not closed over, so they are not baked into the HLO).
 
     With ``grad_accum_steps = k > 1`` the batch's leading dimension is split into ``k``
     micro-batches; gradients and metrics are the means over them, so with per-example-mean losses
@@ -164,16 +167,16 @@ def make_train_step(
         raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    def step(state: TrainState, batch: Batch, *consts) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = step_rng(seed, state.step)
         if grad_accum_steps == 1:
-            (loss, aux), grads = grad_fn(state.params, batch, rng)
+            (loss, aux), grads = grad_fn(state.params, batch, rng, *consts)
         else:
             micro = _split_micro(batch, grad_accum_steps)
 
             def body(carry, xs):
                 i, mb = xs
-                (loss, aux), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+                (loss, aux), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i), *consts)
                 acc_g, acc_m = carry
                 acc_g = jax.tree.map(jnp.add, acc_g, _to_f32(g))
                 acc_m = jax.tree.map(jnp.add, acc_m, _to_f32({"loss": loss, **aux}))
@@ -181,7 +184,7 @@ def make_train_step(
 
             zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
             m_shape = jax.eval_shape(
-                lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro), rng)[0]
+                lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro), rng, *consts)[0]
             )
             zeros_m = jax.tree.map(
                 lambda s: jnp.zeros(s.shape, jnp.float32), {"loss": m_shape[0], **m_shape[1]}
@@ -203,12 +206,12 @@ def make_train_step(
 
 
 def make_eval_step(
-    metric_fn: Callable[[PyTree, Batch], dict[str, jax.Array]],
-) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
-    """``eval_step(state, batch) -> metrics`` from ``metric_fn(params, batch)`` (not jitted)."""
+    metric_fn: Callable[..., dict[str, jax.Array]],
+) -> Callable[..., dict[str, jax.Array]]:
+    """``eval_step(state, batch, *consts)`` from ``metric_fn(params, batch, *consts)``."""
 
-    def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-        return metric_fn(state.params, batch)
+    def eval_step(state: TrainState, batch: Batch, *consts) -> dict[str, jax.Array]:
+        return metric_fn(state.params, batch, *consts)
 
     return eval_step
 
@@ -220,23 +223,25 @@ def jit_step(
     shardings: TrainState,
     *,
     returns_state: bool = True,
+    const_shardings: tuple[PyTree, ...] = (),
 ) -> Callable:
-    """``jax.jit`` of ``fn(state, batch)`` with the state's shardings, batch split over the batch
-    axes, replicated metrics and (when ``returns_state``) the input state donated. Tracing happens
-    under ``jax.set_mesh(mesh)`` and the logical-axis ``rules``.
+    """``jax.jit`` of ``fn(state, batch, *consts)`` with the state's shardings, batch split over
+    the batch axes, ``const_shardings`` for the consts, replicated metrics and (when
+    ``returns_state``) the input state donated. Tracing happens under ``jax.set_mesh(mesh)`` and
+    the logical-axis ``rules``.
     """
     rep = replicated(mesh)
     out = (shardings, rep) if returns_state else rep
     jitted = jax.jit(
         fn,
-        in_shardings=(shardings, batch_sharding(mesh)),
+        in_shardings=(shardings, batch_sharding(mesh), *const_shardings),
         out_shardings=out,
         donate_argnums=(0,) if returns_state else (),
     )
 
-    def call(state, batch):
+    def call(state, batch, *consts):
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            return jitted(state, batch)
+            return jitted(state, batch, *consts)
 
     call.jitted = jitted  # type: ignore[attr-defined]
     return call

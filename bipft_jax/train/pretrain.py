@@ -1,0 +1,410 @@
+"""`bipft pretrain`: distil a frozen FP teacher into a binary student with the BiPFT objective.
+
+    bipft pretrain --config configs/pretrain/tiny.py --workdir /tmp/bipft_tiny [--config.a.b=v]
+
+The run resumes automatically from the newest checkpoint in ``workdir`` (model, optimizer and
+data-loader state), saves every ``train.save_every`` steps (async, keep-last-N), saves at the
+current step and exits 0 on SIGTERM, and writes ``config.json``, ``metrics.jsonl`` and
+TensorBoard events to ``workdir``. Multi-host: add ``--distributed`` (see ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+from bipft_jax import paths
+from bipft_jax.losses import bipft_pretrain_loss, mlm_loss
+from bipft_jax.parallel import (
+    get_rules,
+    make_mesh,
+    shard_host_batch,
+    state_shardings,
+)
+from bipft_jax.parallel.distributed import add_distributed_args, maybe_initialize_distributed
+from bipft_jax.train import config_io
+from bipft_jax.train.checkpoint import CheckpointManager, install_sigterm_handler
+from bipft_jax.train.loop import (
+    LoopHooks,
+    TrainState,
+    abstract_state,
+    init_train_state,
+    jit_step,
+    make_eval_step,
+    make_train_step,
+    run_loop,
+    to_host,
+    train_state_shardings,
+    with_numel_multiplier,
+)
+from bipft_jax.train.optim import make_optimizer, make_schedule, resolve_optimizer_config
+
+TEACHER_SOURCES = ("random", "hf", "checkpoint")
+_KD_TERMS = ("nsp_kd", "hidden", "mlm_kd", "attn", "dmd")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key `bipft pretrain` understands, with defaults (experiment files override)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = dict(
+        method="bipft", size="tiny", dtype="float32", remat=False, scan_layers=False,
+        hidden_dropout=0.1, attention_dropout=0.1,
+    )  # fmt: skip
+    c.teacher = dict(source="random", path="", seed=1234, dropout=False)
+    c.init = dict(from_teacher=True, calibrate=True)
+    c.data = dict(
+        prepared_dir="", files=(), vocab_file="", seq_len=128, global_batch_size=32,
+        mask_prob=0.15, max_docs=0, eval_fraction=0.02, eval_batches=8, num_workers=0,
+    )  # fmt: skip
+    c.loss = dict(
+        mlm=1.0, nsp=1.0, nsp_kd=1.0, hidden=1.0, mlm_kd=0.0, attn=0.0, dmd=0.0,
+        temperature=1.0, mask_hidden=False,
+    )  # fmt: skip
+    c.optim = dict(
+        name="adamw", lr=2e-4, alpha_lr=0.0, weight_decay=0.01, schedule="linear",
+        warmup_steps=0, end_lr=0.0, clip_norm=1.0,
+    )  # fmt: skip
+    c.train = dict(
+        total_steps=1000, grad_accum_steps=1, log_every=10, eval_every=0, save_every=1000,
+        keep_checkpoints=3, async_checkpoint=True,
+    )  # fmt: skip
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.sharding = "dp"
+    return c
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _student_config(c: ml_collections.ConfigDict, vocab_size: int):
+    from bipft_jax.model.presets import get_model_config
+
+    m = c.model
+    cfg = get_model_config(
+        m.method, m.size, vocab_size=vocab_size, dtype=m.dtype, remat=m.remat,
+        scan_layers=m.scan_layers, hidden_dropout=m.hidden_dropout,
+        attention_dropout=m.attention_dropout,
+    )  # fmt: skip
+    return with_numel_multiplier(cfg, c.train.grad_accum_steps)
+
+
+def _check_fits(student, teacher) -> None:
+    keys = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")
+    bad = [f"{k}: student {getattr(student, k)} vs teacher {getattr(teacher, k)}"
+           for k in keys if getattr(student, k) != getattr(teacher, k)]  # fmt: skip
+    if bad:
+        raise ValueError("teacher and student sizes differ (" + "; ".join(bad) + ")")
+
+
+def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any]:
+    """(model, params, shardings) of the frozen FP teacher, placed by the sharding rules."""
+    import dataclasses
+
+    from bipft_jax.model.bert import BertForPreTraining
+    from bipft_jax.model.config import QuantSpec
+
+    t = c.teacher
+    if t.source not in TEACHER_SOURCES:
+        raise ValueError(f"config teacher.source must be one of {TEACHER_SOURCES}: {t.source!r}")
+    fp = dataclasses.replace(student_cfg, quant=QuantSpec())
+    hf_state = None
+    if t.source == "hf":
+        from bipft_jax.model.hf_import import bert_config_from_hf, read_hf_checkpoint
+
+        if not Path(t.path).is_dir():
+            raise FileNotFoundError(f"config teacher.path: HF model directory {t.path!r} not found")
+        hf_config, hf_state = read_hf_checkpoint(t.path)
+        fp = bert_config_from_hf(hf_config, dtype=student_cfg.dtype, remat=student_cfg.remat,
+                                 scan_layers=student_cfg.scan_layers)  # fmt: skip
+        _check_fits(student_cfg, fp)
+    model = BertForPreTraining(fp)
+    init = lambda rng: model.init(rng, ids)["params"]  # noqa: E731
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        shardings = nn.meta.unbox(
+            state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh, rules)
+        )
+        params = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(
+            jax.random.PRNGKey(t.seed)
+        )
+    if t.source == "hf":
+        from bipft_jax.model.hf_import import import_hf_weights
+
+        new, _ = import_hf_weights({"params": jax.device_get(params)}, hf_state,
+                                   ignore_unexpected=("cls.predictions.decoder",))  # fmt: skip
+        params = jax.device_put(new["params"], shardings)
+    elif t.source == "checkpoint":
+        params = _restore_teacher_checkpoint(t.path, params, shardings)
+    return model, params, shardings
+
+
+def _restore_teacher_checkpoint(path: str, params, shardings):
+    """Student params of a finished FP `bipft pretrain` run (its workdir) as the teacher."""
+    if not (Path(path) / "checkpoints").is_dir():
+        raise FileNotFoundError(f"config teacher.path: no checkpoints/ in workdir {path!r}")
+    mngr = CheckpointManager(path, save_every=1, async_save=False)
+    try:
+        restored, _ = mngr.restore(None)
+    finally:
+        mngr.close()
+    flat_t = traverse_util.flatten_dict(restored["params"])
+    flat = traverse_util.flatten_dict(params)
+    missing = [("/".join(k)) for k in flat if k not in flat_t]
+    if missing:
+        raise ValueError(f"teacher checkpoint {path} lacks FP params: {missing[:5]}")
+    new = traverse_util.unflatten_dict({k: np.asarray(flat_t[k]) for k in flat})
+    return jax.device_put(new, shardings)
+
+
+def copy_matching(student_boxed, teacher_params):
+    """Student params with every leaf that the teacher has (same path and shape) copied over."""
+    flat_s = traverse_util.flatten_dict(student_boxed)
+    flat_t = traverse_util.flatten_dict(teacher_params)
+    out = {}
+    for path, leaf in flat_s.items():
+        t = flat_t.get(path)
+        value = nn.unbox(leaf)
+        if t is not None and t.shape == value.shape:
+            t = t.astype(value.dtype)
+            leaf = leaf.replace_boxed(t) if isinstance(leaf, nn.Partitioned) else t
+        out[path] = leaf
+    return traverse_util.unflatten_dict(out)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def _forward(model, params, b, rng, train: bool, intermediates: bool):
+    rngs = {"dropout": rng} if train else {}
+    return model.apply({"params": params}, b["input_ids"], b["attention_mask"],
+                       b["token_type_ids"], deterministic=not train,
+                       return_intermediates=intermediates, rngs=rngs)  # fmt: skip
+
+
+def make_pretrain_loss(c, student, teacher):
+    """``loss_fn(params, batch, rng, teacher_params)`` of the BiPFT objective (config weights)."""
+    weights = {k: c.loss[k] for k in ("mlm", "nsp", *_KD_TERMS)}
+    use_teacher = any(weights[k] for k in _KD_TERMS)
+    inter = any(weights[k] for k in ("hidden", "attn", "dmd"))
+
+    def loss_fn(params, batch, rng, teacher_params):
+        b = {**batch, "labels": batch["mlm_labels"]}
+        s_rng, t_rng = jax.random.split(rng)
+        s_out = _forward(student, params, b, s_rng, True, inter)
+        t_out = {}
+        if use_teacher:
+            t_out = _forward(teacher, teacher_params, b, t_rng, c.teacher.dropout, inter)
+            t_out = jax.lax.stop_gradient(t_out)
+        total, parts = bipft_pretrain_loss(s_out, t_out, b, weights, c.loss.temperature,
+                                           c.loss.mask_hidden)  # fmt: skip
+        parts.pop("total")
+        return total, {(k if k.endswith("_acc") else f"loss_{k}"): v for k, v in parts.items()}
+
+    return loss_fn
+
+
+def make_mlm_eval(student):
+    def metric_fn(params, batch):
+        out = _forward(student, params, batch, None, False, False)
+        loss, acc = mlm_loss(out["mlm_logits"], batch["mlm_labels"])
+        return {"mlm_loss": loss, "mlm_acc": acc}
+
+    return metric_fn
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def make_loaders(c, split_eval: bool):
+    from bipft_jax.data.loader import PretrainLoader
+
+    d = c.data
+    source: Any = d.prepared_dir or (
+        list(d.files) or [str(p) for p in paths.default_corpus_files()]
+    )
+    if not d.prepared_dir:
+        missing = [f for f in source if not glob.glob(str(f))]
+        if missing:
+            raise FileNotFoundError(f"config data.files: corpus file(s) not found: {missing}")
+    elif not Path(d.prepared_dir).is_dir():
+        raise FileNotFoundError(f"config data.prepared_dir {d.prepared_dir!r} does not exist")
+    kw = dict(seq_len=d.seq_len, seed=c.seed, vocab_file=d.vocab_file or None,
+              mask_prob=d.mask_prob, max_docs=d.max_docs or None,
+              eval_fraction=d.eval_fraction)  # fmt: skip
+    train = PretrainLoader(source, d.global_batch_size, num_workers=d.num_workers, **kw)
+    evl = None
+    if split_eval and d.eval_fraction > 0:
+        evl = PretrainLoader(source, d.global_batch_size, split="eval", **kw)
+    return train, evl
+
+
+# ----------------------------------------------------------------------------- main run
+
+
+def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str:
+    """Build everything from the config, resume if possible, train; returns the loop status."""
+    from bipft_jax.train.metrics import MetricWriter, ProgressLogger, train_flops_per_token
+
+    workdir = Path(workdir)
+    main_proc = jax.process_index() == 0
+    mesh = make_mesh(dict(c.mesh))
+    rules = get_rules(c.sharding)
+    loader, eval_loader = make_loaders(c, c.train.eval_every > 0)
+    vocab_size = len(loader.builder.vocab.is_continuation)  # the tokenizer's vocabulary size
+    student_cfg = _student_config(c, vocab_size)
+    from bipft_jax.model.bert import BertForPreTraining
+
+    student = BertForPreTraining(student_cfg)
+    first = loader.batch_at(0)
+    ids = jnp.asarray(first["input_ids"][:1])
+    teacher, t_params, t_sh = build_teacher(c, student_cfg, mesh, rules, ids)
+
+    opt_cfg = {**c.optim.to_dict(), "total_steps": c.train.total_steps}
+    opt_cfg["alpha_lr"] = opt_cfg["alpha_lr"] or None
+    tx = make_optimizer(opt_cfg)
+    r = resolve_optimizer_config(opt_cfg)
+    lr_fn = make_schedule(r["schedule"], r["lr"], r["warmup_steps"], r["total_steps"], r["end_lr"])
+
+    calib = shard_host_batch(first, mesh)
+
+    def init_params(rng, teacher_params, cb):
+        boxed = student.init(rng, cb["input_ids"][:1])["params"]
+        if not c.init.from_teacher:
+            return boxed
+        boxed = copy_matching(boxed, teacher_params)
+        if c.init.calibrate:
+            from bipft_jax.quant import calibrate_alphas
+
+            v = calibrate_alphas(student, {"params": boxed}, cb["input_ids"],
+                                 cb["attention_mask"], cb["token_type_ids"])  # fmt: skip
+            boxed = v["params"]
+        return boxed
+
+    init_args = (jax.random.PRNGKey(c.seed), t_params, calib)
+    ckpt = CheckpointManager(workdir, c.train.keep_checkpoints, c.train.save_every,
+                             c.train.async_checkpoint)  # fmt: skip
+    start = ckpt.latest_step()
+    if start is None:
+        state, sh = init_train_state(init_params, tx, mesh, rules, *init_args)
+        start = 0
+    else:
+        sh = train_state_shardings(init_params, tx, mesh, rules, *init_args)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            shapes = jax.eval_shape(
+                lambda *a: TrainState(jnp.zeros((), jnp.int32), nn.meta.unbox(init_params(*a)),
+                                      tx.init(nn.meta.unbox(init_params(*a)))), *init_args
+            )  # fmt: skip
+        state, extra = ckpt.restore(abstract_state(sh, shapes))
+        loader.restore(extra["loader"])
+        if main_proc:
+            print(f"resumed from step {start} ({ckpt.directory})", flush=True)
+            if extra.get("config_hash") != config_io.config_hash(c):
+                print("warning: the config differs from the checkpoint's", flush=True)
+    del calib
+    step_fn = make_train_step(make_pretrain_loss(c, student, teacher), tx,
+                              c.train.grad_accum_steps, c.seed, lr_fn)  # fmt: skip
+    train_step = jit_step(step_fn, mesh, rules, sh, const_shardings=(t_sh,))
+    eval_step = jit_step(make_eval_step(make_mlm_eval(student)), mesh, rules, sh,
+                         returns_state=False)  # fmt: skip
+    eval_batches = []
+    if eval_loader is not None:
+        eval_batches = [shard_host_batch(eval_loader.batch_at(i), mesh)
+                        for i in range(c.data.eval_batches)]  # fmt: skip
+
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    d = c.data
+    progress = ProgressLogger(
+        c.train.total_steps, d.global_batch_size * d.seq_len,
+        train_flops_per_token(n_params, student_cfg.num_layers, d.seq_len, student_cfg.hidden_size),
+    )  # fmt: skip
+    writer = MetricWriter(workdir)
+    if main_proc:
+        print(f"student {c.model.method}/{c.model.size}: {n_params:,} params; mesh "
+              f"{dict(mesh.shape)}; rules {c.sharding}; start {start}", flush=True)  # fmt: skip
+
+    def on_log(step, metrics, dt):
+        if step == start + 1:
+            progress.start(step)  # the first step includes compilation
+        line = progress.update(step, metrics)
+        writer.write_scalars(step, {**metrics, "step_time_s": dt})
+        if main_proc:
+            print(line, flush=True)
+
+    def evaluate(st, step):
+        if not eval_batches:
+            return
+        ms = [to_host(eval_step(st, b)) for b in eval_batches]
+        mean = {f"eval/{k}": float(np.mean([m[k] for m in ms])) for k in ms[0]}
+        writer.write_scalars(step, mean)
+        if main_proc:
+            print(f"eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in mean.items()))
+
+    def batches():
+        while True:
+            yield shard_host_batch(next(loader), mesh)
+
+    hooks = LoopHooks(
+        on_log,
+        evaluate,
+        lambda: {"loader": loader.state(), "config_hash": config_io.config_hash(c)},
+    )
+    step_with_teacher = lambda s, b: train_step(s, b, t_params)  # noqa: E731
+    try:
+        state, status = run_loop(state, step_with_teacher, batches(), start, c.train.total_steps,
+                                 checkpoint=ckpt, log_every=c.train.log_every,
+                                 eval_every=c.train.eval_every, hooks=hooks)  # fmt: skip
+    finally:
+        ckpt.close()
+        writer.close()
+        loader.close()
+    if main_proc:
+        print(f"{status} at step {int(jax.device_get(state.step))}; checkpoints in "
+              f"{ckpt.directory}", flush=True)  # fmt: skip
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg, rest = config_io.config_from_argv(argv)
+    except config_io.ConfigError as e:
+        if "-h" in argv or "--help" in argv:
+            print(__doc__)
+            return 0
+        print(f"bipft pretrain: error: {e}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog="bipft pretrain", description=__doc__)
+    parser.add_argument("--workdir", required=True, help="checkpoints, config and metrics")
+    add_distributed_args(parser)
+    args = parser.parse_args(rest)
+    maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                                 args.distributed_timeout_s, enabled=args.distributed)  # fmt: skip
+    if jax.process_index() == 0:
+        config_io.print_config(cfg)
+        config_io.save_config(cfg, args.workdir)
+    if jax.process_count() == 1:
+        install_sigterm_handler()
+    try:
+        status = train_and_evaluate(cfg, args.workdir)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        if os.environ.get("BIPFT_DEBUG"):
+            raise
+        print(f"bipft pretrain: error: {e}\n(set BIPFT_DEBUG=1 for the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    return 0 if status in ("done", "preempted") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
