@@ -1,0 +1,93 @@
+"""jax.export artifact: reloads and runs in a process that imports only jax + numpy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bipft_jax.export import hlo_artifact
+from bipft_jax.export.stablehlo import (
+    export_inference,
+    load_exported,
+    params_for_call,
+    save_exported,
+)
+from tests.export.helpers import init_params, random_batch, tiny_config
+
+_CHILD = """
+import importlib.util, sys, numpy as np, jax
+spec = importlib.util.spec_from_file_location("hlo_artifact", sys.argv[4])
+art = importlib.util.module_from_spec(spec); spec.loader.exec_module(art)
+exp = art.load_artifact(sys.argv[1])
+batch = np.load(sys.argv[2])
+out = exp.call(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+np.savez(sys.argv[3], **{k: np.asarray(v) for k, v in out.items()})
+assert not any(m.startswith(("bipft_jax", "flax")) for m in sys.modules), "model code imported"
+"""
+
+
+def _reference(model, params, batch):
+    return model.apply(
+        {"params": params},
+        *(jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")),
+    )
+
+
+def test_baked_artifact_runs_without_model_code(tmp_path):
+    config = tiny_config("bipft")
+    model, params = init_params(config, "classification")
+    exp = export_inference({"params": params}, config, seq_len=8)
+    path = save_exported(exp, tmp_path / "m.jaxexport")
+    for b in (3, 5):  # symbolic batch: other sizes run too
+        batch = random_batch(batch=b, seed=b)
+        np.savez(tmp_path / "in.npz", **batch)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _CHILD,
+                str(path),
+                str(tmp_path / "in.npz"),
+                str(tmp_path / "out.npz"),
+                hlo_artifact.__file__,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        got = np.load(tmp_path / "out.npz")["logits"]
+        assert got.shape == (b, 3)
+        want = _reference(model, params, batch)["logits"]
+        np.testing.assert_allclose(got, np.asarray(want), rtol=0, atol=1e-5)
+
+
+def test_params_as_argument_and_errors(tmp_path):
+    config = tiny_config("bibert", scan_layers=True)
+    model, params = init_params(config, "pretraining")
+    exp = export_inference(params, config, seq_len=8, batch_size=3, params_as_argument=True)
+    loaded = load_exported(save_exported(exp, tmp_path / "a" / "m.bin"))
+    batch = random_batch()
+    out = loaded.call(
+        params_for_call(params),
+        batch["input_ids"],
+        batch["token_type_ids"],
+        batch["attention_mask"],
+    )
+    ref = _reference(model, params, batch)
+    for key in ("mlm_logits", "nsp_logits"):
+        np.testing.assert_allclose(np.asarray(out[key]), np.asarray(ref[key]), atol=1e-5, rtol=0)
+    with pytest.raises(FileNotFoundError, match="missing.bin"):
+        load_exported(tmp_path / "missing.bin")
+    (tmp_path / "junk.bin").write_bytes(b"not an artifact")
+    with pytest.raises(ValueError, match="junk.bin"):
+        load_exported(tmp_path / "junk.bin")
+    raw = (tmp_path / "a" / "m.bin").read_bytes()
+    (tmp_path / "cut.bin").write_bytes(raw[:-10])
+    with pytest.raises(ValueError, match="truncated"):
+        load_exported(tmp_path / "cut.bin")
+    with pytest.raises(ValueError, match="max_position"):
+        export_inference(params, config, seq_len=64)
