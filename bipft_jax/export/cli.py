@@ -1,0 +1,190 @@
+"""`bipft export`: write a checkpoint as a Hugging Face model, a binary-latent export for the
+shipped PyTorch module, or a jax.export (StableHLO) artifact.
+
+    bipft export --format hf --checkpoint runs/fp --preset fp --size base --out out/hf
+    bipft export --format binary --params params.msgpack --preset bipft --size tiny --out out/bin
+    bipft export --format stablehlo --hf-dir minilm/ --seq-len 128 --out out/hlo
+
+Sources: `--checkpoint WORKDIR` (an Orbax checkpoint from `bipft_jax.train.checkpoint`; its state
+holds `params`), `--params FILE` (`.msgpack` from `flax.serialization` or `.safetensors` with
+"/"-joined param paths) or `--hf-dir DIR` (a Hugging Face BERT directory). The model config is
+`--preset/--size` (+ `--set key=value`), or, for `--hf-dir`, its `config.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("hf", "binary", "stablehlo")
+HF_MLM_ARCHS = ("BertForMaskedLM", "BertForPreTraining")
+
+
+class CliError(Exception):
+    """A user error reported as one line."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bipft export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="training workdir with Orbax checkpoints/")
+    src.add_argument("--params", help="params file (.msgpack or .safetensors)")
+    src.add_argument("--hf-dir", help="Hugging Face BERT model directory")
+    p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    p.add_argument("--preset", help="method preset: fp, bibert, bit, bipft")
+    p.add_argument("--size", help="size preset: tiny, mini, small, base, large")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set vocab_size=1000 (JSON values)",
+    )
+    p.add_argument("--out", required=True, help="output directory (file for stablehlo)")
+    p.add_argument("--vocab", help="vocab.txt to copy (hf)")
+    p.add_argument("--max-shard-size", default="2GB", help="hf shard size (e.g. 2GB, 500MB)")
+    p.add_argument("--seq-len", type=int, default=128, help="stablehlo sequence length")
+    p.add_argument("--batch-size", type=int, help="stablehlo batch size (default: symbolic)")
+    p.add_argument(
+        "--params-as-argument",
+        action="store_true",
+        help="stablehlo: take params as the first argument instead of baking them in",
+    )
+    return p
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _preset_config(args: argparse.Namespace) -> Any:
+    from bipft_jax.model.presets import get_model_config
+
+    if not args.preset or not args.size:
+        raise CliError("--preset and --size are required with --checkpoint/--params")
+    return get_model_config(args.preset, args.size, **_overrides(args.set))
+
+
+def _params_from_state(state: Any, where: str) -> Any:
+    if isinstance(state, Mapping) and "params" in state:
+        return state["params"]
+    if hasattr(state, "params"):
+        return state.params
+    raise CliError(f"checkpoint state in {where} has no 'params' entry")
+
+
+def load_checkpoint_params(workdir: str, step: int | None = None) -> Any:
+    """The params of an Orbax checkpoint written by `bipft_jax.train.checkpoint`."""
+    from bipft_jax.train.checkpoint import CheckpointManager
+
+    root = Path(workdir)
+    if not (root / "checkpoints").is_dir():
+        raise CliError(f"checkpoint not found: {root / 'checkpoints'} does not exist")
+    manager = CheckpointManager(root, async_save=False)
+    try:
+        state, _ = manager.restore(step=step)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from e
+    finally:
+        manager.close()
+    return _params_from_state(state, str(root))
+
+
+def load_params_file(path: str) -> Any:
+    """Params from `.msgpack` (flax.serialization) or `.safetensors` ("/"-joined paths)."""
+    f = Path(path)
+    if not f.is_file():
+        raise CliError(f"params file not found: {f}")
+    if f.suffix == ".msgpack":
+        from flax import serialization
+
+        tree = serialization.msgpack_restore(f.read_bytes())
+        return tree.get("params", tree) if isinstance(tree, Mapping) else tree
+    if f.suffix == ".safetensors":
+        from flax import traverse_util
+        from safetensors.numpy import load_file
+
+        flat = load_file(str(f))
+        tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+        return tree.get("params", tree)
+    raise CliError(f"unsupported params file {f}: use .msgpack or .safetensors")
+
+
+def load_hf_dir(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(params, config) from a Hugging Face directory (FP, or a preset initialised from it)."""
+    import jax
+    import jax.numpy as jnp
+
+    from bipft_jax.export.common import build_model
+    from bipft_jax.model.hf_import import bert_config_from_hf, import_hf_weights, read_hf_checkpoint
+
+    try:
+        hf_cfg, state = read_hf_checkpoint(args.hf_dir)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from e
+    config = _preset_config(args) if args.preset else bert_config_from_hf(hf_cfg)
+    arch = (hf_cfg.get("architectures") or ["BertModel"])[0]
+    keys = {k.removeprefix("bert.") for k in state}
+    if "classifier.weight" in keys:
+        head, num_labels = "classification", int(state.get("classifier.weight").shape[0])
+    elif arch in HF_MLM_ARCHS or "cls.predictions.bias" in keys:
+        head, num_labels = "pretraining", 0
+    else:
+        head, num_labels = "base", 0
+    model = build_model(config, head, max(num_labels, 1))
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
+    missing = ("seq_relationship", "bert/pooler") if head == "pretraining" else ()
+    variables, _ = import_hf_weights(variables, state, ignore_missing=missing)
+    return variables["params"], config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (CliError, ValueError, FileNotFoundError) as e:
+        print(f"bipft export: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.hf_dir:
+        params, config = load_hf_dir(args)
+    else:
+        config = _preset_config(args)
+        if args.checkpoint:
+            params = load_checkpoint_params(args.checkpoint, args.step)
+        else:
+            params = load_params_file(args.params)
+    out = Path(args.out)
+    if args.format == "hf":
+        from bipft_jax.export.hf import export_hf
+
+        written = export_hf(params, config, out, args.vocab, args.max_shard_size)
+    elif args.format == "binary":
+        from bipft_jax.export.binary import export_binary
+
+        written = export_binary(params, config, out, preset=args.preset, size=args.size)
+    else:
+        from bipft_jax.export.stablehlo import export_inference, save_exported
+
+        exp = export_inference(
+            params, config, args.seq_len, args.batch_size, args.params_as_argument
+        )
+        written = save_exported(exp, out)
+    print(f"bipft export: wrote {args.format} to {written}")
+    return 0

@@ -1,0 +1,167 @@
+"""`bipft export` end to end on tiny models, and its user errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import serialization
+
+from bipft_jax.export.binary import load_binary
+from bipft_jax.export.cli import main
+from bipft_jax.export.stablehlo import load_exported
+from tests.export.helpers import TINY, init_params, random_batch, tiny_config
+
+SETS = [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
+
+
+def _same(a, b):
+    la, lb = (
+        dict(jax.tree_util.tree_leaves_with_path(a)),
+        dict(jax.tree_util.tree_leaves_with_path(b)),
+    )
+    assert la.keys() == lb.keys()
+    for k in la:
+        np.testing.assert_array_equal(np.asarray(la[k]), np.asarray(lb[k]))
+
+
+def test_params_file_to_binary(tmp_path):
+    config = tiny_config("bit")
+    _, params = init_params(config, "classification")
+    f = tmp_path / "p.msgpack"
+    f.write_bytes(serialization.msgpack_serialize({"params": params}))
+    rc = main(
+        [
+            "--format",
+            "binary",
+            "--params",
+            str(f),
+            "--preset",
+            "bit",
+            "--size",
+            "tiny",
+            *SETS,
+            "--out",
+            str(tmp_path / "bin"),
+        ]
+    )
+    assert rc == 0
+    restored, config2, manifest = load_binary(tmp_path / "bin")
+    assert config2 == config and manifest["preset"] == "bit" and manifest["size"] == "tiny"
+    _same(params, restored)
+
+
+def test_checkpoint_to_hf_then_hf_dir_to_stablehlo(tmp_path):
+    from bipft_jax.train.checkpoint import CheckpointManager
+
+    config = tiny_config("fp")
+    model, params = init_params(config, "classification")
+    with CheckpointManager(tmp_path / "run", async_save=False) as mgr:
+        mgr.save(7, {"step": jnp.asarray(7), "params": params, "opt_state": {}}, force=True)
+    rc = main(
+        [
+            "--format",
+            "hf",
+            "--checkpoint",
+            str(tmp_path / "run"),
+            "--preset",
+            "fp",
+            "--size",
+            "tiny",
+            *SETS,
+            "--out",
+            str(tmp_path / "hf"),
+        ]
+    )
+    assert rc == 0 and (tmp_path / "hf" / "model.safetensors").is_file()
+    rc = main(
+        [
+            "--format",
+            "stablehlo",
+            "--hf-dir",
+            str(tmp_path / "hf"),
+            "--seq-len",
+            "8",
+            "--out",
+            str(tmp_path / "m.hlo"),
+        ]
+    )
+    assert rc == 0
+    batch = random_batch()
+    got = load_exported(tmp_path / "m.hlo").call(
+        batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
+    )["logits"]
+    want = model.apply(
+        {"params": params},
+        jnp.asarray(batch["input_ids"]),
+        jnp.asarray(batch["attention_mask"]),
+        jnp.asarray(batch["token_type_ids"]),
+    )
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want["logits"]), atol=1e-5, rtol=0)
+
+
+def test_user_errors(tmp_path, capsys):
+    rc = main(
+        [
+            "--format",
+            "hf",
+            "--checkpoint",
+            str(tmp_path / "nope"),
+            "--preset",
+            "fp",
+            "--size",
+            "tiny",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert rc == 1 and "checkpoint not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--format", "onnx", "--params", "x.msgpack", "--out", "o"])
+    assert e.value.code == 2 and "invalid choice: 'onnx'" in capsys.readouterr().err
+    config = tiny_config("fp")
+    _, params = init_params(config, "base")
+    f = tmp_path / "p.msgpack"
+    f.write_bytes(serialization.msgpack_serialize(params))
+    rc = main(
+        [
+            "--format",
+            "binary",
+            "--params",
+            str(f),
+            "--preset",
+            "fp",
+            "--size",
+            "tiny",
+            *SETS,
+            "--set",
+            "hidden_size=64",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert (
+        rc == 1 and "params do not match the config" in err and "(97, 32) vs config (97, 64)" in err
+    )
+    rc = main(["--format", "binary", "--params", str(f), "--out", str(tmp_path / "o")])
+    assert rc == 1 and "--preset and --size are required" in capsys.readouterr().err
+    (tmp_path / "p.bin").write_bytes(b"x")
+    rc = main(
+        [
+            "--format",
+            "hf",
+            "--params",
+            str(tmp_path / "p.bin"),
+            "--preset",
+            "fp",
+            "--size",
+            "tiny",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert rc == 1 and "use .msgpack or .safetensors" in capsys.readouterr().err
+    rc = main(["--format", "hf", "--hf-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert rc == 1 and "no config.json" in capsys.readouterr().err
