@@ -13,8 +13,8 @@ import dataclasses
 import numpy as np
 
 from bipft_jax.data.corpus import TokenizedCorpus
+from bipft_jax.data.masking import IGNORE, mask_batch  # noqa: F401  (IGNORE re-exported)
 
-IGNORE = -100  # mlm_labels value at positions that are not predicted
 _PLAN_TAG, _EPOCH_TAG, _EXAMPLE_TAG = 0, 1, 2  # stream tags: disjoint random streams
 
 
@@ -216,62 +216,46 @@ class ExampleBuilder:
             out.append(seg[front : len(seg) - (cut - front)])
         return out[0], out[1]
 
-    def _mask(self, ids: np.ndarray, n: int, rng: np.random.Generator):
-        """BERT dynamic masking of `ids[:n]` in place; returns (labels, weights)."""
-        cfg, v = self.cfg, self.vocab
-        labels = np.full(cfg.seq_len, IGNORE, np.int32)
-        weights = np.zeros(cfg.seq_len, np.float32)
-        cand = np.flatnonzero((ids[:n] != v.cls_id) & (ids[:n] != v.sep_id))
-        if len(cand) == 0 or cfg.mask_prob == 0:
-            return labels, weights
-        k = max(1, int(round(len(cand) * cfg.mask_prob)))
-        if cfg.max_predictions is not None:
-            k = min(k, cfg.max_predictions)
-        if cfg.whole_word_mask:
-            cont = v.is_continuation[ids[cand]]
-            cont[0] = False
-            cont[1:] &= np.diff(cand) == 1  # a '##' piece right after a [SEP] starts a word
-            group = np.cumsum(~cont) - 1  # word index of each candidate piece
-            sizes = np.bincount(group)
-            # Whole words in random order while they fit in k (a prefix of the shuffled words).
-            perm = rng.permutation(len(sizes))
-            chosen = np.zeros(len(sizes), bool)
-            chosen[perm[np.cumsum(sizes[perm]) <= k]] = True
-            pos = cand[chosen[group]]
-        else:
-            pos = np.sort(cand[rng.permutation(len(cand))[:k]])
-        labels[pos] = ids[pos]
-        weights[pos] = 1.0
-        u = rng.random(len(pos))
-        ids[pos[u < 0.8]] = v.mask_id
-        rand_pos = pos[(u >= 0.8) & (u < 0.9)]
-        ids[rand_pos] = v.random_ids[rng.integers(0, len(v.random_ids), len(rand_pos))]
-        return labels, weights
+    def batch(self, step: int, indices: range, global_batch_size: int) -> dict[str, np.ndarray]:
+        """Examples `indices` of global batch `step` as [len(indices), seq_len] arrays.
+
+        Row i depends only on (seed, step, indices[i]): segments, truncation and the masking
+        draws all come from that example's own stream.
+        """
+        L, v, cfg = self.cfg.seq_len, self.vocab, self.cfg
+        B = len(indices)
+        ids = np.full((B, L), v.pad_id, np.int32)
+        types = np.zeros((B, L), np.int32)
+        attention = np.zeros((B, L), np.int32)
+        nsp = np.zeros(B, np.int32)
+        u_select, u_kind = np.empty((B, L)), np.empty((B, L))
+        pick = np.empty((B, L), np.int64)
+        for r, index in enumerate(indices):
+            rng = self._streams.get(_EXAMPLE_TAG, step, index)
+            inst = self.instance_for(step * global_batch_size + index)
+            a, b, nsp[r] = self._segments(inst, rng)
+            a, b = self._truncate(a, b, rng)
+            n = len(a) + len(b) + 3
+            ids[r, 0], ids[r, len(a) + 1], ids[r, n - 1] = v.cls_id, v.sep_id, v.sep_id
+            ids[r, 1 : len(a) + 1] = a
+            ids[r, len(a) + 2 : n - 1] = b
+            types[r, len(a) + 2 : n] = 1
+            attention[r, :n] = 1
+            u_select[r], u_kind[r] = rng.random(L), rng.random(L)
+            pick[r] = rng.integers(0, len(v.random_ids), L)
+        masked, labels, weights = mask_batch(
+            ids, attention, u_select, u_kind, pick,
+            cls_id=v.cls_id, sep_id=v.sep_id, mask_id=v.mask_id, random_ids=v.random_ids,
+            is_continuation=v.is_continuation if cfg.whole_word_mask else None,
+            mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions,
+        )  # fmt: skip
+        return {
+            "input_ids": masked, "token_type_ids": types, "attention_mask": attention,
+            "mlm_labels": labels, "mlm_weights": weights, "next_sentence_label": nsp,
+        }  # fmt: skip
 
     def example(self, step: int, index: int, global_batch_size: int) -> dict[str, np.ndarray]:
         """The `index`-th example of global batch `step` (arrays of length seq_len)."""
-        rng = self._streams.get(_EXAMPLE_TAG, step, index)
-        inst = self.instance_for(step * global_batch_size + index)
-        a, b, nsp = self._segments(inst, rng)
-        a, b = self._truncate(a, b, rng)
-        L, v = self.cfg.seq_len, self.vocab
-        n = len(a) + len(b) + 3
-        ids = np.full(L, v.pad_id, np.int32)
-        ids[0], ids[len(a) + 1], ids[n - 1] = v.cls_id, v.sep_id, v.sep_id
-        ids[1 : len(a) + 1] = a
-        ids[len(a) + 2 : n - 1] = b
-        types = np.zeros(L, np.int32)
-        types[len(a) + 2 : n] = 1
-        mask = np.zeros(L, np.int32)
-        mask[:n] = 1
-        labels, weights = self._mask(ids, n, rng)
         return {
-            "input_ids": ids, "token_type_ids": types, "attention_mask": mask,
-            "mlm_labels": labels, "mlm_weights": weights,
-            "next_sentence_label": np.int32(nsp),
-        }  # fmt: skip
-
-    def batch(self, step: int, indices: range, global_batch_size: int) -> dict[str, np.ndarray]:
-        """Stack the examples `indices` of global batch `step`."""
-        exs = [self.example(step, i, global_batch_size) for i in indices]
-        return {k: np.stack([e[k] for e in exs]) for k in exs[0]}
+            k: x[0] for k, x in self.batch(step, range(index, index + 1), global_batch_size).items()
+        }
