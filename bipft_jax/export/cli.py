@@ -140,7 +140,10 @@ def load_hf_dir(args: argparse.Namespace) -> tuple[Any, Any]:
     arch = (hf_cfg.get("architectures") or ["BertModel"])[0]
     keys = {k.removeprefix("bert.") for k in state}
     if "classifier.weight" in keys:
-        head, num_labels = "classification", int(state.get("classifier.weight").shape[0])
+        head, num_labels = (
+            "classification",
+            int(state[_bert_key(state, "classifier.weight")].shape[0]),
+        )
     elif arch in HF_MLM_ARCHS or "cls.predictions.bias" in keys:
         head, num_labels = "pretraining", 0
     else:
@@ -150,6 +153,10 @@ def load_hf_dir(args: argparse.Namespace) -> tuple[Any, Any]:
     missing = ("seq_relationship", "bert/pooler") if head == "pretraining" else ()
     variables, _ = import_hf_weights(variables, state, ignore_missing=missing)
     return variables["params"], config
+
+
+def _bert_key(state: Mapping[str, Any], name: str) -> str:
+    return name if name in state else f"bert.{name}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,12 +67,12 @@ def export_inference(
 
     batch: Any = jax_export.symbolic_shape("batch")[0] if batch_size is None else batch_size
     ids = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
-    kwargs = {} if platforms is None else {"platforms": tuple(platforms)}
+    plats = None if platforms is None else tuple(platforms)
     if params_as_argument:
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-        return jax_export.export(jax.jit(forward), **kwargs)(abstract, ids, ids, ids)
+        return jax_export.export(jax.jit(forward), platforms=plats)(abstract, ids, ids, ids)
     baked = lambda a, b, c: forward(tree, a, b, c)
-    return jax_export.export(jax.jit(baked), **kwargs)(ids, ids, ids)
+    return jax_export.export(jax.jit(baked), platforms=plats)(ids, ids, ids)
 
 
 def save_exported(exported: jax_export.Exported, path: str | os.PathLike) -> Path:
