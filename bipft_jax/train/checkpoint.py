@@ -36,9 +36,17 @@ class CheckpointManager:
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1 or None (keep all), got {max_to_keep}")
         self.directory = Path(workdir).absolute() / "checkpoints"
+        policies = ocp.checkpoint_managers
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
-            save_interval_steps=save_every,
+            # Exactly every `save_every` steps (Orbax's default would also save the first step
+            # it sees), plus the step all processes agree on after a preemption notice.
+            save_decision_policy=policies.AnySavePolicy(
+                [
+                    policies.FixedIntervalPolicy(save_every),
+                    policies.PreemptionCheckpointingPolicy(),
+                ]
+            ),
             create=True,
             enable_async_checkpointing=async_save,
         )

@@ -192,7 +192,8 @@ class ProgressLogger:
             key = next((k for k in keys if k in scalars), None)
             if key is not None:
                 val = scalars[key]
-                parts.append(f"{label} {val:.2e}" if label == "lr" else f"{label} {_fmt(val)}")
+                text = {"lr": f"{val:.2e}", "mlm_acc": f"{val:.4f}"}.get(label, _fmt(val))
+                parts.append(f"{label} {text}")
         if self._last is not None and step > self._last[0] and now > self._last[1]:
             step_time = (now - self._last[1]) / (step - self._last[0])
             tok_s = self.tokens_per_step / step_time if self.tokens_per_step else None

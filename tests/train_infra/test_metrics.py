@@ -101,7 +101,8 @@ def test_progress_line_speed_mfu_eta():
 def test_progress_without_speed_info_and_flops_helper():
     log = M.ProgressLogger(total_steps=10, device_kind="Unknown NPU", num_devices=1)
     assert log.update(1, {"loss": 2.5}) == "step 1/10 | loss 2.5000"
-    assert "MFU" not in log.update(2, {"loss": 2.5})
+    assert "| mlm_acc 0.0077" in log.update(2, {"mlm_accuracy": 0.0077})
+    assert "MFU" not in log.update(3, {"loss": 2.5})
     # 6N + 12 L S H for BERT-base at seq 128.
     assert M.train_flops_per_token(110_000_000, 12, 128, 768) == 6 * 110e6 + 12 * 12 * 128 * 768
     assert M.format_duration(59.6) == "1m00s" and M.format_duration(3 * 3600 + 65) == "3h01m"
