@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TYPED = [
     "bipft_jax/quant",
     "bipft_jax/losses",
+    "bipft_jax/data",
     "bipft_jax/train/optim.py",
     "bipft_jax/cli.py",
     "bipft_jax/paths.py",
