@@ -69,6 +69,13 @@ def test_layer_matches_numpy_reference(preset, per_head, rank):
     np.testing.assert_allclose(np.asarray(out), ref, atol=2e-4, rtol=0)
 
 
+def _random_calibrated(model, ids, mask, seed):
+    """Random weights, then every α re-initialised from the data it now sees (forward order)."""
+    variables = model.init(jax.random.key(0), ids, mask)
+    params = {"params": _perturb(variables["params"], seed)}
+    return nn.unbox(calibrate_alphas(model, params, ids, mask)["params"])
+
+
 def _act_cfg(spec, name):
     """The ActQuant of the quantizer module at `name` (independent of the model's wiring)."""
     if name.endswith(("query_quant", "key_quant", "value_quant")):
@@ -86,10 +93,7 @@ def _quantizer_outputs(preset):
     cfg = get_model_config(preset, "tiny", num_layers=2, **SMALL)
     model = BertForPreTraining(cfg)
     ids, mask = _batch()
-    variables = model.init(jax.random.key(0), ids, mask)
-    # random weights, then every α re-initialised from the data they now see (forward order)
-    params = calibrate_alphas(model, {"params": _perturb(variables["params"], 3)}, ids, mask)
-    params = nn.unbox(params["params"])
+    params = _random_calibrated(model, ids, mask, seed=3)
     _, state = model.apply(
         {"params": params}, ids, mask, capture_intermediates=True, mutable=["intermediates"]
     )
@@ -150,12 +154,10 @@ def test_binary_matmul_inputs_take_two_values(preset):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_gradients_reach_every_parameter(preset):
-    cfg = get_model_config(preset, "tiny", num_layers=2, **SMALL)
+    cfg = get_model_config(preset, "tiny", num_layers=1, **SMALL)
     model = BertForPreTraining(cfg)
     ids, mask = _batch()
-    variables = model.init(jax.random.key(0), ids, mask)
-    params = calibrate_alphas(model, {"params": _perturb(variables["params"], 5)}, ids, mask)
-    params = nn.unbox(params["params"])
+    params = _random_calibrated(model, ids, mask, seed=5)
     w_mlm = jax.random.normal(jax.random.key(1), (2, 7, 61))
 
     def loss(p):
@@ -175,7 +177,7 @@ def test_gradients_reach_every_parameter(preset):
         assert any(n.endswith("probs_quant/alpha") for n in names)
         assert any(n.endswith("input_quant/shift/bias") for n in names)
     if preset == "bipft":
-        assert sum(n.endswith("q_p/kernel") for n in names) == 2
+        assert sum(n.endswith(("q_p/kernel", "v_p/kernel")) for n in names) == 2
 
 
 def test_classifier_and_regression_heads():
@@ -225,13 +227,14 @@ def test_bad_config_is_reported():
 
 
 def test_bf16_bert_base_forward_on_cpu():
-    cfg = get_model_config("bipft", "base", dtype="bfloat16")
+    # scan_layers keeps the compile to one layer; init runs the (data-dependent) forward once
+    cfg = get_model_config("bipft", "base", dtype="bfloat16", scan_layers=True)
     model = BertModel(cfg)
     ids = np.random.default_rng(0).integers(0, 30522, (1, 32)).astype(np.int32)
-    variables = jax.jit(model.init)(jax.random.key(0), ids)
+    out, variables = jax.jit(model.init_with_output)(jax.random.key(0), ids)
     leaves = jax.tree.leaves(nn.unbox(variables["params"]))
     assert all(x.dtype == jnp.float32 for x in leaves)
-    out = jax.jit(model.apply)(variables, ids)
+    assert sum(x.size for x in leaves) == 109_613_749  # BERT-base + estimators, α, β, pooler LN
     assert out["last_hidden_state"].dtype == jnp.bfloat16
     assert out["last_hidden_state"].shape == (1, 32, 768)
     assert np.all(np.isfinite(np.asarray(out["pooled"], np.float32)))
