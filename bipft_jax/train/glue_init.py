@@ -91,7 +91,7 @@ def init_params(
     model: BertForSequenceClassification, batch: dict[str, np.ndarray], seed: int
 ) -> dict:
     """Fresh (unboxed) params from `model.init` on a real batch."""
-    variables = model.init(
+    variables = jax.jit(model.init)(
         jax.random.PRNGKey(seed),
         jnp.asarray(batch["input_ids"]),
         jnp.asarray(batch["attention_mask"]),
@@ -184,8 +184,8 @@ def calibrate(model: BertForSequenceClassification, params: dict, batch: dict) -
     """Re-derive elastic α from a real batch after loading FP weights (no-op for FP models)."""
     if model.config.quant == type(model.config.quant)():
         return params
-    new = calibrate_alphas(
-        model,
+    fn = jax.jit(lambda v, *args: calibrate_alphas(model, v, *args))
+    new = fn(
         {"params": params},
         jnp.asarray(batch["input_ids"]),
         jnp.asarray(batch["attention_mask"]),
