@@ -20,12 +20,13 @@ from tests.export.helpers import init_params, random_batch, tiny_config
 
 _CHILD = """
 import importlib.util, sys, numpy as np, jax
-spec = importlib.util.spec_from_file_location("hlo_artifact", sys.argv[4])
+spec = importlib.util.spec_from_file_location("hlo_artifact", sys.argv[2])
 art = importlib.util.module_from_spec(spec); spec.loader.exec_module(art)
 exp = art.load_artifact(sys.argv[1])
-batch = np.load(sys.argv[2])
-out = exp.call(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
-np.savez(sys.argv[3], **{k: np.asarray(v) for k, v in out.items()})
+for name in sys.argv[3:]:
+    batch = np.load(name + ".in.npz")
+    out = exp.call(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    np.savez(name + ".out.npz", **{k: np.asarray(v) for k, v in out.items()})
 assert not any(m.startswith(("bipft_jax", "flax")) for m in sys.modules), "model code imported"
 """
 
@@ -42,24 +43,14 @@ def test_baked_artifact_runs_without_model_code(tmp_path):
     model, params = init_params(config, "classification")
     exp = export_inference({"params": params}, config, seq_len=8)
     path = save_exported(exp, tmp_path / "m.jaxexport")
-    for b in (3, 5):  # symbolic batch: other sizes run too
-        batch = random_batch(batch=b, seed=b)
-        np.savez(tmp_path / "in.npz", **batch)
-        subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                _CHILD,
-                str(path),
-                str(tmp_path / "in.npz"),
-                str(tmp_path / "out.npz"),
-                hlo_artifact.__file__,
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        got = np.load(tmp_path / "out.npz")["logits"]
+    batches = {b: random_batch(batch=b, seed=b) for b in (3, 5)}  # symbolic batch dimension
+    for b, batch in batches.items():
+        np.savez(tmp_path / f"b{b}.in.npz", **batch)
+    cmd = [sys.executable, "-c", _CHILD, str(path), hlo_artifact.__file__]
+    cmd += [str(tmp_path / f"b{b}") for b in batches]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    for b, batch in batches.items():
+        got = np.load(tmp_path / f"b{b}.out.npz")["logits"]
         assert got.shape == (b, 3)
         want = _reference(model, params, batch)["logits"]
         np.testing.assert_allclose(got, np.asarray(want), rtol=0, atol=1e-5)
