@@ -169,7 +169,8 @@ def run_stage(
     spec, tr = task.spec, cfg.train
     kd = cfg.kd.kind if teacher is not None else "none"
     hf_dir = cfg.init.path if cfg.init.kind == "hf" else None
-    mcfg = model_config(stage, cfg.model.size, hf_dir)
+    layers = {"num_layers": cfg.model.num_layers} if cfg.model.num_layers > 0 else {}
+    mcfg = model_config(stage, cfg.model.size, hf_dir, **layers)
     model = BertForSequenceClassification(mcfg, num_labels=spec.num_labels)
     first = {k: v[: tr.batch_size] for k, v in task.train.items()}
     if isinstance(init, dict):

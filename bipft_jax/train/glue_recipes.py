@@ -66,7 +66,9 @@ def finetune_config(
     c.max_eval_rows = 0
     c.predict_test = False  # write GLUE submission files from the best checkpoint
     c.chain = chain  # stages, e.g. "bipft", "fp,bit", "fp,bit:a2,bit"
-    c.model = ml_collections.ConfigDict(dict(size="base"))  # or "hf": sizes of init.path
+    c.model = ml_collections.ConfigDict(
+        dict(size="base", num_layers=0)  # size "hf": sizes of init.path; num_layers 0 = size's
+    )
     c.init = ml_collections.ConfigDict(dict(kind="scratch", path=""))  # scratch | hf | checkpoint
     c.train = ml_collections.ConfigDict(
         dict(
