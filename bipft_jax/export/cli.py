@@ -96,12 +96,29 @@ def load_checkpoint_params(workdir: str, step: int | None = None) -> Any:
         raise CliError(f"checkpoint not found: {root / 'checkpoints'} does not exist")
     manager = CheckpointManager(root, async_save=False)
     try:
-        state, _ = manager.restore(step=step)
-    except FileNotFoundError as e:
-        raise CliError(str(e)) from e
+        steps = manager.all_steps()
+        if not steps or (step is not None and step not in steps):
+            raise CliError(
+                f"no checkpoint {'' if step is None else f'for step {step} '}in "
+                f"{manager.directory}; available steps: {steps}"
+            )
+        step = steps[-1] if step is None else step
+        state, _ = manager.restore(_abstract_on_one_device(manager.directory / str(step)), step)
     finally:
         manager.close()
     return _params_from_state(state, str(root))
+
+
+def _abstract_on_one_device(step_dir: Path) -> Any:
+    """Shapes/dtypes of a saved state on the first local device, so a checkpoint written on
+    another topology (e.g. 8 devices) restores in this process."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    meta = ocp.StandardCheckpointer().metadata(step_dir / "state")
+    tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree)
 
 
 def load_params_file(path: str) -> Any:

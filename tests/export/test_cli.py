@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +18,7 @@ from bipft_jax.export.cli import main
 from bipft_jax.export.stablehlo import load_exported
 from tests.export.helpers import TINY, init_params, random_batch, tiny_config
 
+ROOT = Path(__file__).resolve().parents[2]
 SETS = [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
 
 
@@ -57,24 +63,32 @@ def test_checkpoint_to_hf_then_hf_dir_to_stablehlo(tmp_path):
 
     config = tiny_config("fp")
     model, params = init_params(config, "classification")
+    # Saved replicated over the 8 test devices; exported by `bipft export` in a 1-device process.
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    on_mesh = jax.device_put(params, jax.NamedSharding(mesh, jax.P()))
     with CheckpointManager(tmp_path / "run", async_save=False) as mgr:
-        mgr.save(7, {"step": jnp.asarray(7), "params": params, "opt_state": {}}, force=True)
-    rc = main(
-        [
-            "--format",
-            "hf",
-            "--checkpoint",
-            str(tmp_path / "run"),
-            "--preset",
-            "fp",
-            "--size",
-            "tiny",
-            *SETS,
-            "--out",
-            str(tmp_path / "hf"),
-        ]
-    )
-    assert rc == 0 and (tmp_path / "hf" / "model.safetensors").is_file()
+        mgr.save(7, {"step": jnp.asarray(7), "params": on_mesh, "opt_state": {}}, force=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "bipft_jax.cli",
+        "export",
+        "--format",
+        "hf",
+        "--checkpoint",
+        str(tmp_path / "run"),
+        "--preset",
+        "fp",
+        "--size",
+        "tiny",
+        *SETS,
+        "--out",
+        str(tmp_path / "hf"),
+    ]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
     rc = main(
         [
             "--format",
