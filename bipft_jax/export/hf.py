@@ -85,9 +85,8 @@ def hf_state_dict(params: Mapping[str, Any], config: BertConfig) -> dict[str, np
         if path[0] == "bert":
             name = f"bert.{name}"
         state[name] = np.ascontiguousarray(value.T if transpose else value, np.float32)
-    if head == "pretraining":  # explicit tied decoder: loaders that do not re-tie still work
-        state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]
-        state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"]
+    # The MLM decoder is tied (`tie_word_embeddings`): HF re-ties `cls.predictions.decoder.*`
+    # to the word embedding and `cls.predictions.bias` on load, as its own save_pretrained does.
     return state
 
 
@@ -159,8 +158,6 @@ def export_hf(
     out.mkdir(parents=True, exist_ok=True)
     for stale in [out / SAFE_NAME, out / INDEX_NAME, *out.glob("model-*-of-*.safetensors")]:
         stale.unlink(missing_ok=True)
-    # Tied tensors share memory: safetensors refuses aliases, so copy the decoder weight.
-    state = {k: np.array(v, copy=True) for k, v in state.items()}
     shards = _shards(state, parse_size(max_shard_size))
     meta = {"format": "pt"}
     if len(shards) == 1:
