@@ -13,6 +13,8 @@ TYPED = [
     "bipft_jax/quant",
     "bipft_jax/losses",
     "bipft_jax/data",
+    "bipft_jax/export",
+    "bipft_jax/parallel",
     "bipft_jax/train/optim.py",
     "bipft_jax/cli.py",
     "bipft_jax/paths.py",
