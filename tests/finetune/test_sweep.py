@@ -1,0 +1,80 @@
+"""Sweep: 2 tasks × 2 presets × 2 seeds on 1-layer tiny models; table, CSV, plot, resume."""
+
+import csv
+import json
+import statistics
+
+import pytest
+
+from bipft_jax.train import sweep
+
+from .helpers import ROOT, TINY
+
+pytestmark = pytest.mark.usefixtures("shared_data")
+
+SWEEP = [
+    "sweep.tasks=sst2,rte",
+    "sweep.presets=fp;bipft",
+    "sweep.seeds=1,2",
+    "train.max_steps=1",
+    "train.eval_every=1",
+]
+
+
+def _argv(workdir, *extra):
+    overrides = [f"--config.{o}" for o in [*TINY, *SWEEP]]
+    return [
+        "--config",
+        f"{ROOT}/configs/glue/bipft.py",
+        *overrides,
+        "--workdir",
+        str(workdir),
+        *extra,
+    ]
+
+
+def test_sweep_table_csv_plot_and_resume(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert sweep.main(_argv(tmp_path)) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["runs"], summary["ran"], summary["skipped"]) == (8, 8, 0)
+    results = sorted((tmp_path / "runs").glob("*/*/*/*/results.json"))
+    assert len(results) == 8
+    # The table's median / best equal those of the runs' best-checkpoint scores.
+    scores = [json.loads(p.read_text())["result"] for p in results]
+    sst2_fp = [100 * r["best"]["metrics"]["dev"]["main"] for r in scores
+               if r["task"] == "sst2" and r["stage"] == "fp"]  # fmt: skip
+    with open(tmp_path / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    row = next(
+        r for r in rows if (r["preset"], r["column"], r["checkpoint"]) == ("fp", "sst2", "best")
+    )
+    assert float(row["median"]) == pytest.approx(statistics.median(sst2_fp))
+    assert float(row["best"]) == pytest.approx(max(sst2_fp)) and row["seeds"] == "2"
+    avg = [r for r in rows if r["column"].startswith("avg_")]
+    assert {r["column"] for r in avg} == {"avg_8task", "avg_9numbers"}
+    assert all("[2/8 present]" in r["label"] or "[2/9 present]" in r["label"] for r in avg)
+    md = (tmp_path / "sweep.md").read_text()
+    assert "| preset | rte | sst2 | avg_8task | avg_9numbers |" in md and "mean of 8 tasks" in md
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Rerun: every run is finished and skipped.
+    assert sweep.main(_argv(tmp_path)) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (again["ran"], again["skipped"]) == (0, 8)
+
+
+def test_emit_commands_lists_unfinished_runs(tmp_path, capsys):
+    assert sweep.main(_argv(tmp_path, "--emit-commands")) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 8
+    assert all(ln.startswith("bipft finetune --config ") for ln in lines)
+    assert sum("bipft.py:rte" in ln for ln in lines) == 4
+    assert any("--config.chain=bipft" in ln and "--config.seed=2" in ln for ln in lines)
+    assert all("--config.model.num_layers=1" in ln for ln in lines)
+
+
+def test_bad_sweep_keys(tmp_path):
+    with pytest.raises(ValueError, match="unknown GLUE task 'sst3'"):
+        sweep.main(_argv(tmp_path, "--config.sweep.tasks=sst3", "--emit-commands"))
+    with pytest.raises(ValueError, match="sweep.presets"):
+        sweep.main(_argv(tmp_path, "--config.sweep.presets=fp;xnor", "--emit-commands"))
