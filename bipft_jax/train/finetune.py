@@ -45,7 +45,13 @@ from bipft_jax.train.glue_init import (
     parse_chain,
 )
 from bipft_jax.train.glue_kd import check_kd_kind, finetune_loss, needs_intermediates
-from bipft_jax.train.loop import LoopHooks, TrainState, make_train_step, run_loop
+from bipft_jax.train.loop import (
+    LoopHooks,
+    TrainState,
+    make_train_step,
+    run_loop,
+    with_numel_multiplier,
+)
 from bipft_jax.train.metrics import MetricWriter
 from bipft_jax.train.optim import make_optimizer
 
@@ -171,6 +177,8 @@ def run_stage(
     hf_dir = cfg.init.path if cfg.init.kind == "hf" else None
     layers = {"num_layers": cfg.model.num_layers} if cfg.model.num_layers > 0 else {}
     mcfg = model_config(stage, cfg.model.size, hf_dir, **layers)
+    if tr.grad_accum_steps > 1:  # elastic α gradients as for the full batch
+        mcfg = with_numel_multiplier(mcfg, tr.grad_accum_steps)
     model = BertForSequenceClassification(mcfg, num_labels=spec.num_labels)
     first = {k: v[: tr.batch_size] for k, v in task.train.items()}
     if isinstance(init, dict):

@@ -65,7 +65,8 @@ def _write_mnli(root, rng):
 def test_mnli_matched_mismatched_and_submission(tmp_path):
     _write_mnli(tmp_path / "glue", np.random.default_rng(0))
     cfg = tiny_config("bipft", "mnli", "chain=fp", "predict_test=True",
-                      f"data_dir={tmp_path / 'glue'}", "train.max_steps=2")  # fmt: skip
+                      f"data_dir={tmp_path / 'glue'}", "train.max_steps=2",
+                      "train.grad_accum_steps=2")  # fmt: skip
     out = finetune.run(cfg, tmp_path / "w")["result"]
     for ckpt in ("best", "final"):
         assert set(out[ckpt]["metrics"]) == {"dev_matched", "dev_mismatched"}
