@@ -101,7 +101,12 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--no-scan", action="store_true", help="unroll layers (slower compile)")
     parser.add_argument("--name", default="model_step_time")
+    parser.add_argument("--markdown-only", action="store_true", help="re-render the .md from .json")
     args = parser.parse_args()
+    if args.markdown_only:
+        result = json.loads((RESULTS / f"{args.name}.json").read_text())
+        (RESULTS / f"{args.name}.md").write_text(to_markdown(result))
+        return
     result = {
         "what": "jit(value_and_grad(MLM+NSP loss)) of BertForPreTraining, fp32, dropout on",
         "jax": jax.__version__,
@@ -136,15 +141,21 @@ def to_markdown(result: dict) -> str:
         "|---|---|---|" + "---|" * len(METHODS),
     ]
     for size, r in result["sizes"].items():
-        cells = [f"{r['median_s'][p]:.3f} s ({r['ratio_vs_fp'][p]:.2f}x)" for p in METHODS]
+        cells = [
+            f"{r['median_s'][p]:.2f} s ({r['ratio_vs_fp'][p]:.2f}x; "
+            f"{min(r['times_s'][p]):.2f}-{max(r['times_s'][p]):.2f})"
+            for p in METHODS
+        ]
         lines.append(
             f"| {size} | {r['batch']} x {r['seq']} | {r['repeats']} | " + " | ".join(cells) + " |"
         )
     lines += [
         "",
-        "Binary presets are fake-quantized (float matmuls on ±α values plus binarizer and STE "
-        "work), so they are slower to train than FP; real 1-bit speed is an inference matter "
-        "(packed XNOR-popcount, see `benchmarks/binary_linear`).",
+        "Cells: median (ratio to FP; min-max of the timed repeats). The binary presets are "
+        "fake-quantized (float matmuls on ±α values plus binarizer and STE work), so their "
+        "extra cost is elementwise; where the min-max ranges overlap, the ratio is within the "
+        "noise of this shared machine. Real 1-bit speed is an inference matter (packed "
+        "XNOR-popcount, `benchmarks/binary_linear.py`).",
         "",
     ]
     return "\n".join(lines)

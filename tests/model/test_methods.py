@@ -9,6 +9,7 @@ from flax import traverse_util
 
 from bipft_jax.model.attention import mask_bias
 from bipft_jax.model.bert import BertForPreTraining, BertForSequenceClassification, BertModel
+from bipft_jax.model.config import from_config_dict, to_dict
 from bipft_jax.model.encoder import BertLayer
 from bipft_jax.model.presets import get_model_config
 from bipft_jax.quant import calibrate_alphas, quantize_weight
@@ -238,3 +239,9 @@ def test_bf16_bert_base_forward_on_cpu():
     assert out["last_hidden_state"].dtype == jnp.bfloat16
     assert out["last_hidden_state"].shape == (1, 32, 768)
     assert np.all(np.isfinite(np.asarray(out["pooled"], np.float32)))
+
+
+def test_config_dict_round_trip():
+    cfg = get_model_config("bipft", "mini", dtype="bfloat16", **{"quant.estimators.rank": 2})
+    assert from_config_dict(to_dict(cfg)) == cfg
+    assert to_dict(cfg)["dtype"] == "bfloat16"
