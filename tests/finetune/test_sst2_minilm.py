@@ -3,7 +3,7 @@
 From-scratch models barely learn in a CPU budget, so both tests start from MiniLM's weights
 (imported by `init.kind=hf`, sizes from its config.json). Dev = the first 200 SST-2 dev rows
 (majority class 50.5%). Budgets measured on the shared 2-vCPU box under load from other jobs:
-FP ≈ 70 s CPU (≈ 150 s wall), binary ≈ 120 s CPU (≈ 6 min wall).
+FP 30 steps ≈ 90 s wall, binary 60 steps ≈ 235 s wall (2 vCPUs shared with other jobs).
 """
 
 import importlib.util
@@ -44,7 +44,7 @@ def _run(tmp_path, chain: str, steps: int, lr: float) -> tuple[float, float]:
 def test_fp_minilm_sst2_beats_majority(tmp_path):
     acc, majority = _run(tmp_path, "fp", steps=30, lr=1e-4)
     assert majority == pytest.approx(0.505)
-    assert acc > majority + 0.15, (acc, majority)  # measured 0.746 at 30 steps
+    assert acc > majority + 0.15, (acc, majority)  # measured 0.695 at 30 steps (seq 40)
 
 
 def test_binary_bipft_minilm_sst2_beats_majority(tmp_path):
