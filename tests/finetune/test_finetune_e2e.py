@@ -122,6 +122,16 @@ def test_init_checkpoint_shape_mismatch(tmp_path):
     )  # fmt: skip
     with pytest.raises(InitError, match=r"shape mismatch.*bert/embeddings.*\(30522, 128\)"):
         finetune.run(cfg, tmp_path / "b")
+    # A matching config loads the weights (lr 0 keeps them, so the final checkpoint shows them).
+    cfg = tiny_config("bipft", "sst2", "chain=fp", "init.kind=checkpoint", f"init.path={ckpt}",
+                      "train.max_steps=1", "train.lr=0.0")  # fmt: skip
+    assert finetune.run(cfg, tmp_path / "ok")["result"]["init"] == f"checkpoint:{ckpt}"
+    want, got = restore_params(str(ckpt)), restore_params(str(tmp_path / "ok" / "0_fp" / "final"))
+    emb = ("bert", "embeddings", "word_embeddings", "embedding")
+    a, b = want, got
+    for k in emb:
+        a, b = a[k], b[k]
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     cfg = tiny_config("bipft", "sst2", "init.kind=checkpoint", f"init.path={tmp_path}/none")
     with pytest.raises(InitError, match="not found"):
         finetune.run(cfg, tmp_path / "c")
