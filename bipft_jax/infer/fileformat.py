@@ -62,7 +62,7 @@ def save_packed(
     if unknown:
         raise ValueError(f"tensor_meta names tensors that are not in arrays: {unknown}")
     out.mkdir(parents=True, exist_ok=True)
-    host = {name: np.ascontiguousarray(np.asarray(a)) for name, a in arrays.items()}
+    host = {name: np.asarray(a).copy(order="C") for name, a in arrays.items()}
     save_file(host, str(out / TENSOR_FILE))
     tensors = {
         name: {"shape": list(a.shape), "dtype": a.dtype.name, **dict(tensor_meta.get(name, {}))}
