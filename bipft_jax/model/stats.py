@@ -14,6 +14,7 @@ Conventions (methods.md §7, performance.md §4):
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import math
@@ -189,14 +190,37 @@ def flops_report(config: BertConfig, seq: int = 128) -> dict[str, Any]:
     }
 
 
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value  # a bare string such as bfloat16 or relu
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bipft stats", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="bipft", choices=METHODS)
     parser.add_argument("--size", default="base", choices=SIZES)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set quant.estimators.rank=4 --set num_layers=6",
+    )
     args = parser.parse_args(argv)
-    config = get_model_config(args.preset, args.size)
+    try:
+        config = get_model_config(args.preset, args.size, **_parse_overrides(args.set))
+    except ValueError as e:
+        parser.error(str(e))
     result = {
         "preset": args.preset,
         "size": args.size,

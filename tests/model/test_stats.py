@@ -58,3 +58,10 @@ def test_cli_main_text_and_json(capsys):
     assert data["params"] == data["params_backbone"] and data["seq"] == 128
     with pytest.raises(SystemExit):
         stats.main(["--preset", "nope"])
+    args = ["--preset", "bipft", "--size", "tiny", "--json", "--set", "quant.estimators.rank=3"]
+    assert stats.main([*args, "--set", "num_layers=1"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["params_by_kind"]["estimator"] == 1 * (4 * (128 * 3 + 3) + 129)
+    with pytest.raises(SystemExit):  # unknown key -> argparse error naming it
+        stats.main(["--size", "tiny", "--set", "quant.estimators.rnk=3"])
+    assert "rnk" in capsys.readouterr().err
