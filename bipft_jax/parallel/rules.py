@@ -36,6 +36,7 @@ LOGICAL_AXES: tuple[str, ...] = (
     "layers",  # stacked layers under nn.scan
     "position",  # position-embedding table rows
     "type_vocab",  # token-type (segment) table rows
+    "token_type",  # same, the name the model uses
     "norm",  # LayerNorm scale/bias (hidden size, kept whole)
     "classes",  # classifier outputs
 )
