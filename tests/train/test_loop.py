@@ -23,7 +23,7 @@ from tests.train.tiny import random_batch, tiny_model
 def _setup(method: str, k: int, mesh_shape=None, rules="dp", tx=None):
     model = tiny_model(method)
     model = model.clone(config=with_numel_multiplier(model.config, k))
-    batch = random_batch(0, seq=16)
+    batch = random_batch(0)
 
     def init(rng):
         return model.init(rng, batch["input_ids"][:2])["params"]
@@ -51,7 +51,7 @@ def test_grad_accumulation_matches_full_batch(method):
     runs = {}
     for k in (1, 4):
         state, step, _, mesh = _setup(method, k, tx=optax.sgd(1.0))
-        state, m = step(state, shard_host_batch(random_batch(0, seq=16), mesh))
+        state, m = step(state, shard_host_batch(random_batch(0), mesh))
         runs[k] = (jax.device_get(state.params), {kk: float(v) for kk, v in m.items()})
     p1, m1 = runs[1]
     p4, m4 = runs[4]
@@ -97,7 +97,7 @@ def test_without_numel_multiplier_alpha_gradient_is_off_by_sqrt_k():
     """The mean of 4 micro-batch gradients of an LSQ alpha is sqrt(4) x the full-batch one when
     numel_multiplier stays 1: the multiplier route above is what makes accumulation exact."""
     model = tiny_model("bipft")  # numel_multiplier = 1
-    batch = random_batch(0, seq=16)
+    batch = random_batch(0)
     params = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(1), batch["input_ids"][:2]))
     params = params["params"]
 
@@ -138,4 +138,4 @@ def test_opt_state_sharded_like_params_under_fsdp():
 def test_indivisible_micro_batch_is_a_clear_error():
     state, step, _, mesh = _setup("fp", 3)
     with pytest.raises(ValueError, match="not divisible by grad_accum_steps=3"):
-        step(state, shard_host_batch(random_batch(0, seq=16), mesh))
+        step(state, shard_host_batch(random_batch(0), mesh))
