@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,8 +112,10 @@ def test_slurm_script_starts_one_process_per_task(tmp_path):
     )
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"2 processes, coordinator 127.0.0.1:{port}" in p.stderr
-    outs = [line for line in p.stdout.splitlines() if line.startswith("{")]
-    assert len(outs) == 2
+    # Two processes share one stdout pipe, so their JSON lines may be interleaved on one line.
+    outs = [obj.group(0) for obj in re.finditer(r"\{[^{}]*\}", p.stdout)]
+    outs = [o for o in outs if '"process_count"' in o]
+    assert len(outs) == 2, p.stdout
     for line in outs:
         _check_worker_json(line)
     p = _run("launch/slurm_gpu.sbatch", [], tmp_path, SLURM_JOB_NODELIST="")
