@@ -63,10 +63,10 @@ class BertSelfAttention(nn.Module):
         probs_b = probs_b.astype(cfg.dtype)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs_b, vb)
         if est.enabled:
-            r_v = dense(
+            v_p = dense(
                 cfg, heads if est.per_head else 1, DenseQuant(), ("embed", "qkv_rank"), "v_p"
             )
-            r_v = jnp.broadcast_to(r_v(h), (b, length, heads)).astype(cfg.dtype)
+            r_v = jnp.broadcast_to(v_p(h), (b, length, heads)).astype(cfg.dtype)
             context = context + jnp.einsum("bhqk,bkh->bqh", probs_b, r_v)[..., None]
         context = context.reshape(b, length, heads * d)
         inter = {}

@@ -10,6 +10,8 @@ attention the {0,1} matrix fed to the context matmul).
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -49,7 +51,10 @@ class BertModel(nn.Module):
         )
         encoder = BertEncoder(cfg, deterministic, return_intermediates, name="encoder")
         last, inter = encoder(h, mask_bias(attention_mask))
-        out = {"last_hidden_state": last, "pooled": BertPooler(cfg, name="pooler")(last)}
+        out: dict[str, Any] = {
+            "last_hidden_state": last,
+            "pooled": BertPooler(cfg, name="pooler")(last),
+        }
         if return_intermediates:
             out.update(inter)
             out["hidden_states"] = (h, *inter["hidden_states"])

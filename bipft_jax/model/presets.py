@@ -33,6 +33,8 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     spec = importlib.util.spec_from_file_location(f"_bipft_cfg_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot load config file {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):

@@ -127,7 +127,7 @@ def write_predictions(predict_fn, params, task: TaskData, batch_size: int, out: 
         logits = predict(predict_fn, params, data, batch_size)
         preds = logits[:, 0] if task.spec.is_regression else logits.argmax(-1)
         name = split if len(task.test) > 1 else None
-        files.append(str(write_submission(task.spec.name, preds, out, name)))
+        files.append(str(write_submission(task.spec.name, preds.tolist(), out, name)))
     return files
 
 

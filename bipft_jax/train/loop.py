@@ -112,7 +112,8 @@ def train_state_shardings(
         p_sh = nn.meta.unbox(state_shardings(boxed, mesh, rules))
         params = jax.eval_shape(lambda *a: nn.meta.unbox(init_params(*a)), *args)
         opt = jax.eval_shape(tx.init, params)
-    return TrainState(replicated(mesh), p_sh, opt_state_shardings(opt, params, p_sh, mesh))
+    # A TrainState whose leaves are shardings (the jit in/out shardings of the state).
+    return TrainState(replicated(mesh), p_sh, opt_state_shardings(opt, params, p_sh, mesh))  # type: ignore[arg-type]
 
 
 def abstract_state(shardings: TrainState, example: TrainState) -> TrainState:

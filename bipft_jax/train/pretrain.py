@@ -141,6 +141,7 @@ def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any
     if t.source == "hf":
         from bipft_jax.model.hf_import import import_hf_weights
 
+        assert hf_state is not None  # read above when source == "hf"
         new, _ = import_hf_weights({"params": jax.device_get(params)}, hf_state,
                                    ignore_unexpected=("cls.predictions.decoder",))  # fmt: skip
         params = jax.device_put(new["params"], shardings)
