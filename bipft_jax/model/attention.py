@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from bipft_jax.model.config import BertConfig
-from bipft_jax.model.layers import dense, layer_norm
+from bipft_jax.model.layers import DenseResidualNorm, dense
 from bipft_jax.quant import ActQuantizer, DenseQuant
 
 
@@ -95,20 +95,6 @@ class BertSelfAttention(nn.Module):
         return outer(m_q, r_k) + outer(r_q, m_k) + outer(r_q, r_k)
 
 
-class BertSelfOutput(nn.Module):
-    """Attention output linear, dropout, residual and LayerNorm (`attention.output`)."""
-
-    config: BertConfig
-    deterministic: bool = True
-
-    @nn.compact
-    def __call__(self, context: jax.Array, residual: jax.Array) -> jax.Array:
-        cfg = self.config
-        x = dense(cfg, cfg.hidden_size, cfg.quant.linear, ("heads", "embed"), "dense")(context)
-        x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=self.deterministic)
-        return layer_norm(cfg, "LayerNorm")(x + residual)
-
-
 class BertAttention(nn.Module):
     """`attention.self` + `attention.output`."""
 
@@ -121,7 +107,9 @@ class BertAttention(nn.Module):
         context, inter = BertSelfAttention(
             self.config, self.deterministic, self.collect, name="self"
         )(h, mask_bias)
-        out = BertSelfOutput(self.config, self.deterministic, name="output")(context, h)
+        out = DenseResidualNorm(self.config, "linear", "heads", self.deterministic, name="output")(
+            context, h
+        )
         return out, inter
 
 

@@ -7,7 +7,7 @@ import jax
 
 from bipft_jax.model.attention import BertAttention
 from bipft_jax.model.config import BertConfig
-from bipft_jax.model.layers import activation, dense, layer_norm
+from bipft_jax.model.layers import DenseResidualNorm, activation, dense
 
 INTERMEDIATE_KEYS = ("q", "k", "v", "attention_scores", "attention_probs")
 
@@ -24,20 +24,6 @@ class BertIntermediate(nn.Module):
         return activation(cfg.hidden_act)(x)
 
 
-class BertOutput(nn.Module):
-    """FFN-out linear (own input binarizer), dropout, residual and LayerNorm (`output`)."""
-
-    config: BertConfig
-    deterministic: bool = True
-
-    @nn.compact
-    def __call__(self, x: jax.Array, residual: jax.Array) -> jax.Array:
-        cfg = self.config
-        x = dense(cfg, cfg.hidden_size, cfg.quant.ffn_out, ("mlp", "embed"), "dense")(x)
-        x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=self.deterministic)
-        return layer_norm(cfg, "LayerNorm")(x + residual)
-
-
 class BertLayer(nn.Module):
     """One post-LN transformer layer. Returns (hidden, per-layer intermediates or {})."""
 
@@ -52,7 +38,7 @@ class BertLayer(nn.Module):
             h, mask_bias
         )
         x = BertIntermediate(cfg, name="intermediate")(a)
-        out = BertOutput(cfg, self.deterministic, name="output")(x, a)
+        out = DenseResidualNorm(cfg, "ffn_out", "mlp", self.deterministic, name="output")(x, a)
         if self.collect:
             inter = {**inter, "hidden": out}
         return out, inter

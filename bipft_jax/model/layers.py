@@ -87,3 +87,23 @@ class QuantEmbed(nn.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         table = jnp.asarray(self.embedding, self.dtype)
         return jnp.einsum("...e,ve->...v", x.astype(self.dtype), table)
+
+
+class DenseResidualNorm(nn.Module):
+    """Output block: dense (quant `config.quant.<quant_field>`), dropout, residual, LayerNorm.
+
+    Serves both `attention.output` (input over heads) and the FFN `output` (input over mlp).
+    """
+
+    config: BertConfig
+    quant_field: str
+    in_axis: str
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, residual: jax.Array) -> jax.Array:
+        cfg = self.config
+        quant = getattr(cfg.quant, self.quant_field)
+        x = dense(cfg, cfg.hidden_size, quant, (self.in_axis, "embed"), "dense")(x)
+        x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=self.deterministic)
+        return layer_norm(cfg, "LayerNorm")(x + residual)
