@@ -5,6 +5,9 @@
 * :mod:`.xnor` — ``xnor_matmul``, ``and_matmul``, ``binary_linear`` (pure XLA, chunked K).
 * :mod:`.native` — the same signed product as a ``jax.ffi`` C++ CPU kernel, built on first use.
 * :mod:`.fileformat` — ``save_packed``/``load_packed``/``packed_size_bytes``.
+* :mod:`.packed_model` — ``pack_model``/``save_packed_model``/``load_packed_model`` (a whole
+  binary BERT as one packed file), ``packed_bytes_estimate``; :mod:`.packed_forward` —
+  ``packed_forward`` (its logits equal the fake-quant forward). Import them from their modules.
 """
 
 from bipft_jax.infer.fileformat import load_packed, packed_size_bytes, save_packed

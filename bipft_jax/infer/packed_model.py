@@ -1,0 +1,324 @@
+"""Pack a whole binary BERT into the versioned packed file, and load it back runnable.
+
+Every binarized weight (the preset's encoder/pooler kernels and the word-embedding table) is
+stored as its sign plane in uint32 words (``<name>.signs``; a ``<name>.mask`` plane only when
+the weight has exact zeros, i.e. ``W == μ``) plus its scale ``<name>.scale`` (``m`` of
+``m·sign(W - μ)``: per output channel ``[N]``, or a scalar; for embeddings ``[V, 1]`` per row).
+The centre ``μ`` is not stored: it only decides the signs, which are stored. Kernels ``[K, N]``
+are stored as rows ``[N, ceil(K/32)]`` (packed along K); embedding tables ``[V, E]`` as
+``[V, ceil(E/32)]``. α, β, BiPFT estimators and every keep-in-FP tensor are stored as they are
+(role ``alpha`` / ``beta`` / ``estimator`` / ``fp``), named by their "/"-joined Flax path.
+
+Options:
+* ``float16="pos_type"`` stores the position and token-type tables (the largest FP tensors,
+  1.5 MiB in BERT-base) in half precision; ``float16="fp"`` stores every ``fp``-role tensor
+  (those tables, LayerNorm, biases, FP heads) so; α, β, scales and estimators stay float32.
+  Both change the numbers (``benchmarks/results/packed_model.md`` reports the logit error).
+* ``all_1bit=True`` also binarizes the position and token-type tables with the word-embedding
+  binarizer of the preset. This is a *different* model from the fake-quant one (those tables are
+  FP there); its forward equals the fake-quant forward run with those tables pre-binarized.
+* The pretraining head's MLM decoder is tied to the *latent* FP word table, so a pretraining
+  export also keeps that table in FP (``<word table>`` next to its packed ``.signs``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+from bipft_jax.export.binary import tensor_role
+from bipft_jax.export.common import build_model, check_shapes, flat_params
+from bipft_jax.infer.fileformat import (
+    PackedFormatError,
+    load_packed,
+    packed_entries,
+    packed_from_entries,
+    save_packed,
+)
+from bipft_jax.infer.packing import PackedSigns, num_words, pack_matrix
+from bipft_jax.model.config import BertConfig, from_config_dict, to_dict
+from bipft_jax.quant import ActQuant, WeightQuant, quantize_weight
+
+KIND = "bipft-packed-model"
+FLOAT16 = ("none", "pos_type", "fp")
+_POS_TYPE = ("position_embeddings/embedding", "token_type_embeddings/embedding")
+
+
+class PackedModelError(ValueError):
+    """A model or config that packed inference does not support."""
+
+
+def _check_act(name: str, q: ActQuant, allowed: tuple[str, ...]) -> None:
+    if q.method not in allowed:
+        raise PackedModelError(
+            f"packed inference: quant.{name}.method={q.method!r} is not supported "
+            f"(supported: {allowed})"
+        )
+    if q.is_elastic and q.bits != 1:
+        raise PackedModelError(
+            f"packed inference: quant.{name}.bits={q.bits}: only 1-bit activations can be packed"
+        )
+
+
+def check_supported(config: BertConfig) -> None:
+    """Raise :class:`PackedModelError` unless every binarizer of ``config`` can run packed."""
+    q = config.quant
+    if not (q.linear_weight.enabled or q.word_embedding.enabled or q.pooler_quant.weight.enabled):
+        raise PackedModelError(
+            "this config binarizes no weight (the 'fp' preset?): packed 1-bit inference needs a "
+            "binary preset (bibert, bit, bipft)"
+        )
+    for name, wq in (
+        ("linear_weight", q.linear_weight),
+        ("pooler_quant.weight", q.pooler_quant.weight),
+    ):
+        if (
+            wq.enabled
+            and wq.channel_axis % 2 != 1
+            and (wq.method == "bibert" or wq.scale == "channel")
+        ):
+            raise PackedModelError(
+                f"packed inference: quant.{name} has a per-input-channel scale (channel_axis="
+                f"{wq.channel_axis}), which cannot be factored out of the popcount"
+            )
+    for name, dq in (
+        ("linear", q.linear),
+        ("ffn_out", q.ffn_out),
+        ("pooler_quant", q.pooler_quant),
+    ):
+        if dq.input.enabled and not dq.weight.enabled:
+            raise PackedModelError(f"packed inference: quant.{name} binarizes the input only")
+    signed = ("sign", "elastic_signed")
+    for name, aq in (("linear_input", q.linear_input), ("ffn_out_input", q.ffn_out_input)):
+        if q.linear_weight.enabled:
+            _check_act(name, aq, (*signed, "elastic_unsigned"))
+    if q.pooler_quant.weight.enabled:
+        _check_act("pooler_quant.input", q.pooler_quant.input, (*signed, "elastic_unsigned"))
+    _check_act("qkv", q.qkv, signed)
+    _check_act("probs", q.probs, ("bool", "elastic_unsigned"))
+
+
+def _weight_quant(name: str, config: BertConfig, all_1bit: bool) -> WeightQuant | None:
+    """The binarizer of a tensor that is stored packed, or None (stored as it is)."""
+    q = config.quant
+    if all_1bit and name.endswith(_POS_TYPE) and q.word_embedding.enabled:
+        return q.word_embedding
+    if tensor_role(name, config) != "latent_weight":
+        return None
+    if name.endswith("word_embeddings/embedding"):
+        return q.word_embedding
+    return q.pooler_quant.weight if "pooler/dense/" in name else q.linear_weight
+
+
+def _storage_dtype(name: str, role: str, float16: str) -> str:
+    half = role == "fp" and (
+        float16 == "fp" or (float16 == "pos_type" and name.endswith(_POS_TYPE))
+    )
+    return "float16" if half else "float32"
+
+
+def binarize_for_packing(value: np.ndarray, wq: WeightQuant) -> tuple[np.ndarray, np.ndarray]:
+    """``(signs, scale)`` of ``quantize_weight(value, wq)`` computed by the model's own code.
+
+    ``signs`` is in {-1, 0, 1}; ``scale`` is ``m`` (keepdims shape), read back as the largest
+    magnitude of the binarized tensor along the reduced axes, so it is bit-identical to the
+    ``m`` the fake-quant forward multiplies by.
+    """
+    wb = np.asarray(quantize_weight(jnp.asarray(value, jnp.float32), wq))
+    per_channel = wq.method == "bibert" or wq.scale == "channel"
+    keep = wq.channel_axis % value.ndim
+    axes = tuple(a for a in range(value.ndim) if not (per_channel and a == keep))
+    return np.sign(wb), np.max(np.abs(wb), axis=axes, keepdims=True)
+
+
+def pack_model(
+    params: Mapping[str, Any],
+    config: BertConfig,
+    *,
+    preset: str | None = None,
+    size: str | None = None,
+    float16: str = "none",
+    all_1bit: bool = False,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``(tensors, manifest)`` of a packed model; ``manifest["tensors"]`` describes each tensor
+    (``shape``, ``dtype``, ``role``, ``k`` for packed planes), as on disk."""
+    if float16 not in FLOAT16:
+        raise ValueError(f"float16 must be one of {FLOAT16}, got {float16!r}")
+    check_supported(config)
+    head, num_labels = check_shapes(params, config)
+    tensors: dict[str, np.ndarray] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    for path, value in flat_params(params, config).items():
+        name = "/".join(path)
+        value = np.asarray(value, np.float32)
+        wq = _weight_quant(name, config, all_1bit)
+        if wq is not None:
+            table = name.endswith("/embedding")
+            signs, scale = binarize_for_packing(value, wq)
+            packed = pack_matrix(signs, axis=-1 if table else 0)
+            if not table:  # [1, N] (or [1, 1]) -> [N] or a scalar
+                scale = scale.reshape(-1) if scale.size > 1 else scale.reshape(())
+            arrays, planes = packed_entries(name, packed)
+            tensors.update(arrays)
+            meta.update(planes)
+            tensors[f"{name}.scale"] = scale.astype(np.float32)
+            meta[f"{name}.scale"] = {"role": "scale"}
+            if not (head == "pretraining" and name.endswith("word_embeddings/embedding")):
+                continue
+            name = f"{name}.latent"  # the tied MLM decoder multiplies by the latent table
+        role = tensor_role(name, config) if wq is None else "fp"
+        tensors[name] = value.astype(_storage_dtype(name, role, float16))
+        meta[name] = {"role": role}
+    manifest = {
+        "kind": KIND,
+        "preset": preset,
+        "size": size,
+        "head": head,
+        "num_labels": num_labels,
+        "float16": float16,
+        "all_1bit": all_1bit,
+        "config": to_dict(config),
+        "tensors": {
+            n: {"shape": list(a.shape), "dtype": a.dtype.name, **meta[n]}
+            for n, a in sorted(tensors.items())
+        },
+    }
+    return tensors, manifest
+
+
+def packed_bytes_estimate(
+    config: BertConfig,
+    head: str = "base",
+    num_labels: int = 2,
+    *,
+    float16: str = "none",
+    all_1bit: bool = False,
+) -> dict[str, int]:
+    """Tensor bytes of :func:`pack_model`'s output computed from shapes alone (no params, no
+    mask planes): ``{"packed_signs", "scale", "alpha", "beta", "estimator", "fp", "total"}``.
+    The file adds only the safetensors header and the manifest."""
+    if float16 not in FLOAT16:
+        raise ValueError(f"float16 must be one of {FLOAT16}, got {float16!r}")
+    check_supported(config)
+    model = build_model(config, head, max(num_labels, 1))
+    ids = jnp.zeros((1, 4), jnp.int32)
+    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), ids)["params"]
+    flat = traverse_util.flatten_dict(nn.unbox(abstract), keep_empty_nodes=False)
+    out = dict.fromkeys(("packed_signs", "scale", "alpha", "beta", "estimator", "fp"), 0)
+    for path, leaf in flat.items():
+        name, shape = "/".join(path), tuple(leaf.shape)
+        layers = 1
+        if "encoder" in path and path[path.index("encoder") + 1] == "layer":
+            layers, shape = shape[0], shape[1:]
+        wq = _weight_quant(name, config, all_1bit)
+        if wq is None:
+            role = tensor_role(name, config)
+            nbytes = np.dtype(_storage_dtype(name, role, float16)).itemsize
+            out[role] += layers * math.prod(shape) * nbytes
+            continue
+        table = name.endswith("/embedding")
+        rows, k = (shape[0], shape[1]) if table else (shape[1], shape[0])
+        out["packed_signs"] += layers * rows * num_words(k) * 4
+        per_channel = wq.method == "bibert" or wq.scale == "channel"
+        out["scale"] += layers * 4 * (shape[wq.channel_axis] if per_channel else 1)
+        if head == "pretraining" and name.endswith("word_embeddings/embedding"):
+            nbytes = np.dtype(_storage_dtype(name, "fp", float16)).itemsize
+            out["fp"] += math.prod(shape) * nbytes  # the latent table of the tied decoder
+    out["total"] = sum(out.values())
+    return out
+
+
+def save_packed_model(
+    path: str | os.PathLike, tensors: Mapping[str, np.ndarray], manifest: Mapping[str, Any]
+) -> Path:
+    """Write the output of :func:`pack_model` with the versioned container (manifest + sha256)."""
+    body = {k: v for k, v in manifest.items() if k != "tensors"}
+    meta = {
+        n: {k: v for k, v in rec.items() if k not in ("shape", "dtype")}
+        for n, rec in manifest["tensors"].items()
+    }
+    return save_packed(path, tensors, body, meta)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PackedModel:
+    """A runnable packed model: ``tensors`` maps names to float arrays or :class:`PackedSigns`
+    (binarized weights, with their ``<name>.scale``); run it with ``packed_forward``."""
+
+    tensors: dict[str, Any]
+    config: BertConfig = dataclasses.field(metadata=dict(static=True))
+    head: str = dataclasses.field(metadata=dict(static=True))
+    num_labels: int = dataclasses.field(metadata=dict(static=True))
+
+    @property
+    def prefix(self) -> str:
+        return "" if self.head == "base" else "bert/"
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: Mapping[str, np.ndarray], manifest: Mapping[str, Any], where: str = "packed"
+    ) -> PackedModel:
+        """Build from :func:`pack_model` output or :func:`load_packed` output; checks the kind,
+        the config and that every parameter the config implies is present."""
+        if manifest.get("kind") != KIND:
+            raise PackedFormatError(f"{where} is not a {KIND} (kind={manifest.get('kind')!r})")
+        try:
+            config = from_config_dict(manifest["config"])
+            head, num_labels = str(manifest["head"]), int(manifest["num_labels"])
+            model = build_model(config, head, max(num_labels, 1))
+        except (KeyError, TypeError, ValueError) as e:
+            raise PackedFormatError(f"{where}: bad manifest config/head: {e}") from e
+        out: dict[str, Any] = {}
+        for name, rec in manifest["tensors"].items():
+            role = rec.get("role")
+            if role == "packed_signs":
+                base = name.removesuffix(".signs")
+                p = packed_from_entries(tensors, manifest, base)
+                out[base] = PackedSigns(
+                    jnp.asarray(p.signs), None if p.mask is None else jnp.asarray(p.mask), p.k
+                )
+            elif role != "packed_mask":
+                out[name] = jnp.asarray(tensors[name], jnp.float32)
+        missing = [
+            n
+            for n in _expected_names(model)
+            if n not in out and (f"{n}.scale" not in out or not isinstance(out.get(n), PackedSigns))
+        ]
+        if missing:
+            raise PackedFormatError(f"{where}: missing tensors {missing[:8]}")
+        return cls(out, config, head, num_labels)
+
+
+def _expected_names(model: Any) -> list[str]:
+    """ "/"-joined names (scanned layers unstacked) of every param ``model`` has."""
+    ids = jnp.zeros((1, 4), jnp.int32)
+    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), ids)["params"]
+    return ["/".join(p) for p in _unstacked_paths(abstract, model.config)]
+
+
+def _unstacked_paths(abstract: Any, config: BertConfig) -> list[tuple[str, ...]]:
+    out = []
+    for path in traverse_util.flatten_dict(dict(abstract), keep_empty_nodes=False):
+        if "encoder" in path and path[path.index("encoder") + 1] == "layer":
+            i = path.index("encoder") + 1
+            out += [(*path[:i], f"layer_{n}", *path[i + 1 :]) for n in range(config.num_layers)]
+        else:
+            out.append(path)
+    return out
+
+
+def load_packed_model(path: str | os.PathLike) -> PackedModel:
+    """Load and verify (size, sha256, manifest) a directory written by :func:`save_packed_model`."""
+    tensors, manifest = load_packed(path)
+    return PackedModel.from_tensors(tensors, manifest, where=str(path))
