@@ -1,8 +1,10 @@
 """`bipft export`: write a checkpoint as a Hugging Face model, a binary-latent export for the
-shipped PyTorch module, or a jax.export (StableHLO) artifact.
+shipped PyTorch module, a packed 1-bit model (`bipft_jax.infer`), or a jax.export (StableHLO)
+artifact.
 
     bipft export --format hf --checkpoint runs/fp --preset fp --size base --out out/hf
     bipft export --format binary --params params.msgpack --preset bipft --size tiny --out out/bin
+    bipft export --format packed --params params.msgpack --preset bibert --size base --out out/p
     bipft export --format stablehlo --hf-dir minilm/ --seq-len 128 --out out/hlo
 
 Sources: `--checkpoint WORKDIR` (an Orbax checkpoint from `bipft_jax.train.checkpoint`; its state
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-FORMATS = ("hf", "binary", "stablehlo")
+FORMATS = ("hf", "binary", "packed", "stablehlo")
 HF_MLM_ARCHS = ("BertForMaskedLM", "BertForPreTraining")
 
 
@@ -54,6 +56,17 @@ def _parser() -> argparse.ArgumentParser:
         "--params-as-argument",
         action="store_true",
         help="stablehlo: take params as the first argument instead of baking them in",
+    )
+    p.add_argument(
+        "--float16",
+        default="none",
+        choices=("none", "pos_type", "fp"),
+        help="packed: store position/token-type tables (pos_type) or every FP tensor (fp) as fp16",
+    )
+    p.add_argument(
+        "--all-1bit",
+        action="store_true",
+        help="packed: also binarize the position/token-type tables (changes the model)",
     )
     return p
 
@@ -209,6 +222,18 @@ def _run(args: argparse.Namespace) -> int:
         from bipft_jax.export.binary import export_binary
 
         written = export_binary(params, config, out, preset=args.preset, size=args.size)
+    elif args.format == "packed":
+        from bipft_jax.infer.packed_model import pack_model, save_packed_model
+
+        tensors, manifest = pack_model(
+            params,
+            config,
+            preset=args.preset,
+            size=args.size,
+            float16=args.float16,
+            all_1bit=args.all_1bit,
+        )
+        written = save_packed_model(out, tensors, manifest)
     else:
         from bipft_jax.export.stablehlo import export_inference, save_exported
 
