@@ -20,7 +20,10 @@ import jax
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
-BATCH_AXES: tuple[str, ...] = ("data", "fsdp")
+# fsdp-major on purpose: with ("data", "fsdp") XLA's SPMD partitioner (jaxlib 0.10.2, GSPMD and
+# Shardy alike) swapped batch shards in the backward pass on a data x fsdp x tensor mesh and
+# returned wrong gradients; tests/parallel/test_batch_axis_order.py reproduces and guards it.
+BATCH_AXES: tuple[str, ...] = ("fsdp", "data")
 
 # Logical names used by the model code. Names mapped to None are always replicated.
 LOGICAL_AXES: tuple[str, ...] = (

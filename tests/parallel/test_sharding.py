@@ -103,7 +103,7 @@ def test_batch_sharding_splits_rows():
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
     arr = shard_host_batch({"x": x}, mesh)["x"]
-    assert arr.sharding.spec == P(("data", "fsdp"))
+    assert arr.sharding.spec == P(("fsdp", "data"))  # order: see test_batch_axis_order.py
     assert {s.data.shape for s in arr.addressable_shards} == {(2, 3)}
     np.testing.assert_array_equal(np.asarray(arr), x)
     with pytest.raises(ValueError, match="not divisible by the 4 batch shards"):
