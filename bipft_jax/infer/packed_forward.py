@@ -163,8 +163,10 @@ class _Ctx:
         if est.enabled:
             r_v = self.dense(h, f"{name}/self/v_p")
             r_v = jnp.broadcast_to(r_v, (b, length, heads))
-            probs_b = u if a_p is None else u * a_p
-            context = context + jnp.einsum("bhqk,bkh->bqh", probs_b, r_v)[..., None]
+            # P̂·r_v = α_p (u @ r_v) as a batched mat-vec ([b, h, q, k] @ [b, h, k, 1]); XLA's CPU
+            # einsum "bhqk,bkh->bqh" was measured 8x slower at seq 512.
+            pr = _times(u @ r_v.transpose(0, 2, 1)[..., None], a_p)  # [b, h, q, 1]
+            context = context + pr.transpose(0, 2, 1, 3)
         out = self.dense(
             context.reshape(b, length, heads * d), f"{name}/output/dense", spec.linear_input
         )
@@ -196,6 +198,20 @@ def _times(x: Array, *alphas: Array | None) -> Array:
         if a is not None:
             x = x * a
     return x
+
+
+def packed_encoder_layer(
+    model: PackedModel,
+    h: Array,
+    bias: Array,
+    index: int,
+    *,
+    kernel: str = "xla",
+    chunk: int = DEFAULT_CHUNK,
+) -> Array:
+    """Encoder layer ``index`` of ``model`` on hidden states ``h`` [B, L, H] with the additive
+    attention bias ``bias`` (``model.attention.mask_bias`` of the keep-mask)."""
+    return _Ctx(model, kernel, chunk).layer(h, bias, f"{model.prefix}encoder/layer_{index}")
 
 
 def packed_forward(

@@ -4,7 +4,8 @@ The C++ source is compiled with the system ``g++`` (or ``$CXX``) into a cache di
 (``$BIPFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/bipft_jax``, else ``~/.cache/bipft_jax``), keyed by
 a hash of the source, compiler and flags, and registered as the XLA CPU custom call
 ``bipft_xnor_gemm``. The kernel picks AVX-512 VPOPCNTDQ, AVX2 or scalar popcount at run time
-(``$BIPFT_XNOR_ISA`` = ``avx2``/``scalar`` forces a lower one). With no compiler, or when the
+(``$BIPFT_XNOR_ISA`` = ``avx2``/``scalar`` forces a lower one) and splits rows over up to
+``$BIPFT_XNOR_THREADS`` threads (default: all hardware threads). With no compiler, or when the
 build fails, :func:`xnor_matmul_native` falls back to the pure-XLA :func:`~..xnor.xnor_matmul`.
 """
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("xnor_gemm.cc")
 TARGET = "bipft_xnor_gemm"
 FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-pthread", "-w"]
+_REGISTERED: list[ctypes.CDLL] = []  # the library whose handler XLA holds for this process
 
 
 def cache_dir() -> Path:
@@ -81,8 +83,11 @@ def _load() -> ctypes.CDLL | None:
     except OSError as e:
         log.warning("cannot load %s (%s); using the pure-XLA XNOR kernel", path, e)
         return None
+    if _REGISTERED:  # XLA refuses a second handler for the target (e.g. after cache_clear)
+        return _REGISTERED[0]
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.BipftXnorGemm), platform="cpu")
     lib.BipftXnorIsa.restype = ctypes.c_char_p
+    _REGISTERED.append(lib)
     return lib
 
 

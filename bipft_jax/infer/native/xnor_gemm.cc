@@ -185,7 +185,14 @@ ffi::Error XnorGemmImpl(ffi::Buffer<ffi::U32> a, ffi::Buffer<ffi::U32> b,
   const int64_t m = ad[0], n = bd[0], kw = ad[1];
   static const RowFn rows = pick();
   const int64_t work = m * n * kw;
-  int64_t threads = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  // $BIPFT_XNOR_THREADS caps the threads (1: no thread is spawned per call, which is steadier
+  // on a loaded machine and leaves XLA's own pool the other cores).
+  static const int64_t max_threads = [] {
+    const char* env = std::getenv("BIPFT_XNOR_THREADS");
+    int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
+    return env ? std::max<int64_t>(1, std::min<int64_t>(hw, std::atoll(env))) : hw;
+  }();
+  int64_t threads = max_threads;
   threads = std::min<int64_t>({threads, m, std::max<int64_t>(1, work / (1 << 16))});
   const uint32_t* ap = a.typed_data();
   const uint32_t* bp = b.typed_data();
