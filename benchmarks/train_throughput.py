@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -113,6 +114,8 @@ def write(results: dict) -> None:
         "other jobs), JAX " + results["jax"] + f". Batch {results['batch']} x seq "
         f"{results['seq']}, one device, fp32, student step only (MLM+NSP, AdamW), median of "
         f"{results['rounds']} interleaved rounds. Target: binary <= 1.3x FP step time.",
+        "1-min load average before/after each size: "
+        + ", ".join(f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in results["load_avg_1min"].items()),
         "",
         "| size | preset | median step (s) | tokens/s | x FP | compile+1st step (s) |",
         "|---|---|---|---|---|---|",
@@ -134,9 +137,11 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     a = ap.parse_args()
     results = {"cpu": cpu_info(), "jax": jax.__version__, "batch": a.batch, "seq": a.seq,
-               "rounds": a.rounds, "sizes": {}}  # fmt: skip
+               "rounds": a.rounds, "sizes": {}, "load_avg_1min": {}}  # fmt: skip
     for size in a.sizes.split(","):
+        load_before = os.getloadavg()[0]
         results["sizes"][size] = bench_size(size, a.batch, a.seq, a.rounds)
+        results["load_avg_1min"][size] = [load_before, os.getloadavg()[0]]
         print(json.dumps({size: results["sizes"][size]}, indent=1), flush=True)
         write(results)
 
