@@ -7,7 +7,9 @@ the weight has exact zeros, i.e. ``W == μ``) plus its scale ``<name>.scale`` (`
 The centre ``μ`` is not stored: it only decides the signs, which are stored. Kernels ``[K, N]``
 are stored as rows ``[N, ceil(K/32)]`` (packed along K); embedding tables ``[V, E]`` as
 ``[V, ceil(E/32)]``. α, β, BiPFT estimators and every keep-in-FP tensor are stored as they are
-(role ``alpha`` / ``beta`` / ``estimator`` / ``fp``), named by their "/"-joined Flax path.
+(role ``alpha`` / ``beta`` / ``estimator`` / ``fp``), named by their "/"-joined Flax path, with
+the encoder layers stacked: ``.../encoder/layers/<rest>`` holds ``layer_<i>/<rest>`` for every
+``i`` on a leading axis (one container entry instead of one per layer).
 
 Options:
 * ``float16="pos_type"`` stores the position and token-type tables (the largest FP tensors,
@@ -26,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,13 +48,14 @@ from bipft_jax.infer.fileformat import (
     packed_from_entries,
     save_packed,
 )
-from bipft_jax.infer.packing import PackedSigns, num_words, pack_matrix
+from bipft_jax.infer.packing import PackedSigns, num_words, pack_bits, pack_matrix
 from bipft_jax.model.config import BertConfig, from_config_dict, to_dict
 from bipft_jax.quant import ActQuant, WeightQuant, quantize_weight
 
 KIND = "bipft-packed-model"
 FLOAT16 = ("none", "pos_type", "fp")
 _POS_TYPE = ("position_embeddings/embedding", "token_type_embeddings/embedding")
+_LAYER = re.compile(r"(^|/)encoder/layer_(\d+)/")
 
 
 class PackedModelError(ValueError):
@@ -179,6 +183,7 @@ def pack_model(
         role = tensor_role(name, config) if wq is None else "fp"
         tensors[name] = value.astype(_storage_dtype(name, role, float16))
         meta[name] = {"role": role}
+    tensors, meta = _stack_layers(tensors, meta, config.num_layers)
     manifest = {
         "kind": KIND,
         "preset": preset,
@@ -279,12 +284,13 @@ class PackedModel:
             model = build_model(config, head, max(num_labels, 1))
         except (KeyError, TypeError, ValueError) as e:
             raise PackedFormatError(f"{where}: bad manifest config/head: {e}") from e
+        tensors, records = _unstack_layers(tensors, manifest["tensors"], where)
         out: dict[str, Any] = {}
-        for name, rec in manifest["tensors"].items():
+        for name, rec in records.items():
             role = rec.get("role")
             if role == "packed_signs":
                 base = name.removesuffix(".signs")
-                p = packed_from_entries(tensors, manifest, base)
+                p = packed_from_entries(tensors, {"tensors": records}, base)
                 out[base] = PackedSigns(
                     jnp.asarray(p.signs), None if p.mask is None else jnp.asarray(p.mask), p.k
                 )
@@ -293,11 +299,62 @@ class PackedModel:
         missing = [
             n
             for n in _expected_names(model)
-            if n not in out and (f"{n}.scale" not in out or not isinstance(out.get(n), PackedSigns))
+            if n not in out or (isinstance(out[n], PackedSigns) and f"{n}.scale" not in out)
         ]
         if missing:
             raise PackedFormatError(f"{where}: missing tensors {missing[:8]}")
         return cls(out, config, head, num_labels)
+
+
+def _stack_layers(
+    tensors: dict[str, np.ndarray], meta: dict[str, dict[str, Any]], num_layers: int
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """Stack ``.../encoder/layer_<i>/<rest>`` into ``.../encoder/layers/<rest>`` [L, ...]: one
+    container entry per layer tensor instead of L (the manifest and safetensors header shrink
+    ~L times). A mask plane present in some layers only is completed with all-ones planes."""
+    groups: dict[str, dict[int, str]] = {}
+    for name in tensors:
+        m = _LAYER.search(name)
+        if m:
+            key = f"{name[: m.start()]}{m.group(1)}encoder/layers/{name[m.end() :]}"
+            groups.setdefault(key, {})[int(m.group(2))] = name
+    out = {n: a for n, a in tensors.items() if not _LAYER.search(n)}
+    out_meta = {n: meta[n] for n in out}
+    for key, names in groups.items():
+        parts = []
+        for i in range(num_layers):
+            if i in names:
+                parts.append(tensors[names[i]])
+            else:  # a missing mask plane: that layer's weight has no zeros
+                signs = tensors[names[next(iter(names))].removesuffix(".mask") + ".signs"]
+                k = int(meta[names[next(iter(names))]]["k"])
+                parts.append(pack_bits(np.ones(signs.shape[:-1] + (k,), bool)))
+        out[key] = np.stack(parts)
+        out_meta[key] = {**meta[names[next(iter(names))]], "layers": num_layers}
+    return out, out_meta
+
+
+def _unstack_layers(
+    tensors: Mapping[str, np.ndarray], records: Mapping[str, Any], where: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Inverse of :func:`_stack_layers` (tensors and manifest records)."""
+    out, out_rec = {}, {}
+    for name, rec in records.items():
+        if name not in tensors:
+            raise PackedFormatError(f"{where}: tensor {name!r} is in the manifest but not stored")
+        if "layers" not in rec:
+            out[name], out_rec[name] = tensors[name], rec
+            continue
+        stacked = tensors[name]
+        if stacked.shape[:1] != (rec["layers"],):
+            raise PackedFormatError(
+                f"{where}: {name!r} has shape {stacked.shape}, not L={rec['layers']}"
+            )
+        for i in range(rec["layers"]):
+            layer_name = name.replace("encoder/layers/", f"encoder/layer_{i}/", 1)
+            out[layer_name] = stacked[i]
+            out_rec[layer_name] = {k: v for k, v in rec.items() if k != "layers"}
+    return out, out_rec
 
 
 def _expected_names(model: Any) -> list[str]:

@@ -7,6 +7,7 @@ integer path gives 0, i.e. ``sign = 0``, as the exact model does).
 """
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +60,7 @@ def test_packed_forward_matches_fake_quant(method, head):
     assert all(k in out for k in logits)
     _assert_close(out, ref)
     # The comparison can fail: one flipped sign bit in a packed weight moves the logits.
-    name = next(n for n in tensors if n.endswith("layer_0/intermediate/dense/kernel.signs"))
+    name = next(n for n in tensors if n.endswith("layers/intermediate/dense/kernel.signs"))
     bad = dict(tensors, **{name: tensors[name] ^ np.uint32(1)})
     flipped = forward(PackedModel.from_tensors(bad, manifest), **batch)
     assert max(_max_diff(flipped, ref).values()) > 1e-3
@@ -78,6 +79,20 @@ def test_raw_init_exact_zeros_match_float64_model(method):
         q = model64.apply({"params": params}, **batch, return_intermediates=True)["q"][0]
     assert int(np.sum(np.asarray(q) == 0)) > 0  # the exact-zero (mask-plane) path really runs
     _assert_close(out, ref)
+
+
+def test_weight_zeros_in_one_layer_get_a_mask_plane():
+    """A zero column (W == μ) needs the mask plane; the other layers get all-ones planes."""
+    config = tiny_config("bibert")
+    model, params = init_params(config, "classification", seed=4)
+    params["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"][:, 3] = 0.0
+    tensors, manifest = pack_model(params, config)
+    masks = [n for n in tensors if n.endswith(".mask")]
+    assert masks == ["bert/encoder/layers/attention/self/query/kernel.mask"]
+    assert tensors[masks[0]].shape[0] == config.num_layers
+    batch = _batch()
+    ref = model.apply({"params": params}, **batch)
+    _assert_close(forward(PackedModel.from_tensors(tensors, manifest), **batch), ref)
 
 
 def test_native_kernel_gives_the_same_logits():
@@ -154,6 +169,7 @@ def test_float16_storage_equals_model_on_rounded_params_and_is_smaller():
 
         def rounded(path, x, halves=halves):
             name = "/".join(str(getattr(k, "key", k)) for k in path)
+            name = re.sub(r"/layer_\d+/", "/layers/", name)  # the file stacks the layers
             return x.astype(np.float16).astype(np.float32) if name in halves else x
 
         ref = model.apply({"params": jax.tree_util.tree_map_with_path(rounded, params)}, **batch)
@@ -212,7 +228,7 @@ def test_errors_are_clear(tmp_path):
         load_packed_model(directory)
     with pytest.raises(PackedFormatError, match="not found"):
         load_packed_model(tmp_path / "nowhere")
-    missing = {k: v for k, v in tensors.items() if "layer_1/output/dense/bias" not in k}
+    missing = {k: v for k, v in tensors.items() if "layers/output/dense/bias" not in k}
     manifest_missing = dict(manifest)
     manifest_missing["tensors"] = {k: v for k, v in manifest["tensors"].items() if k in missing}
     with pytest.raises(PackedFormatError, match="missing tensors"):
