@@ -81,6 +81,14 @@ def test_raw_init_exact_zeros_match_float64_model(method):
     _assert_close(out, ref)
 
 
+def test_scanned_layers_config():
+    config = tiny_config("bit", scan_layers=True)
+    model, params = init_params(config, "classification", seed=10)
+    batch = _batch()
+    packed = PackedModel.from_tensors(*pack_model(params, config))
+    _assert_close(forward(packed, **batch), model.apply({"params": params}, **batch))
+
+
 def test_weight_zeros_in_one_layer_get_a_mask_plane():
     """A zero column (W == μ) needs the mask plane; the other layers get all-ones planes."""
     config = tiny_config("bibert")
