@@ -1,14 +1,13 @@
 """`bipft export --format packed` writes a loadable packed model; user errors are one line."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
 from bipft_jax.export.cli import main
-from bipft_jax.infer.packed_forward import packed_forward
-from bipft_jax.infer.packed_model import PackedModel, load_packed_model, pack_model
-from tests.export.helpers import TINY, init_params, random_batch, tiny_config
+from bipft_jax.infer.fileformat import load_packed
+from bipft_jax.infer.packed_model import load_packed_model, pack_model
+from tests.export.helpers import TINY, init_params, tiny_config
 
 SETS = [arg for k, v in TINY.items() for arg in ("--set", f"{k}={v}")]
 
@@ -22,12 +21,13 @@ def test_cli_writes_packed_model(tmp_path):
     argv = ["--format", "packed", "--params", str(src), "--preset", "bipft", "--size", "tiny"]
     assert main([*argv, *SETS, "--float16", "pos_type", "--out", str(out)]) == 0
     loaded = load_packed_model(out)
-    tensors, manifest = pack_model(params, config, float16="pos_type")
     assert loaded.head == "classification" and loaded.num_labels == 3
-    batch = {k: jnp.asarray(v) for k, v in random_batch().items()}
-    a = packed_forward(loaded, **batch)["logits"]
-    b = packed_forward(PackedModel.from_tensors(tensors, manifest), **batch)["logits"]
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    on_disk, manifest = load_packed(out)
+    tensors, want = pack_model(params, config, float16="pos_type")
+    assert manifest["preset"] == "bipft" and manifest["tensors"] == want["tensors"]
+    assert set(on_disk) == set(tensors)
+    for name, value in tensors.items():
+        np.testing.assert_array_equal(on_disk[name], value)
 
 
 def test_cli_rejects_fp_preset(tmp_path, capsys):
