@@ -189,7 +189,23 @@ def latency(size: str, seqs: list[int], models: dict[str, PackedModel], rounds: 
     return results
 
 
+NOTES = """\
+Why keep-in-FP float32 misses 15.0 MiB: `bipft stats` (BiBERT 14.96 MiB, BiPFT 15.46 MiB) leaves
+out the weight scales. Stored, BiBERT's per-output-channel scales are 456,936 B (6,912 per layer,
+768 pooler, 30,522 word rows); BiT/BiPFT's per-tensor and word-row scales 122,380 B. BiPFT minus
+BiBERT in `stats` = β 334,848 + estimators 184,560 + α 484 + pooler LayerNorm 6,144 = 526,036 B
+(0.50 MiB); with scales counted the gap is 191,480 B, because BiBERT pays 334,556 B more for
+scales. Signs (13,620,672 B) + the FP position table (1,572,864 B) already take 14.49 MiB, so no
+float32 layout of these tensors fits 15.0 MiB, and none of them is redundant in the model
+(q/k/v scales of BiBERT could fold into thresholds, 110,592 B, not enough). The fp16 options meet
+the size but change the logits: on these random weights a 1-bit net amplifies any rounding of an
+input near a sign threshold (one flipped sign moves the next layers), so the diff is of the order
+of the logits; a trained model may have larger margins, which this benchmark cannot show.
+"""
+
+
 def markdown(res: dict) -> str:
+    size = res["size"]
     lines = [
         f"# Packed 1-bit BERT ({res['size']}) vs FP32 XLA",
         "",
@@ -208,13 +224,19 @@ def markdown(res: dict) -> str:
         "diff is the cost of that on random weights (the unit tests check it equals the "
         "fake-quant model with those tables pre-binarized).",
         "",
-        "| preset / variant | bytes on disk | MiB | mask planes | logit diff | max abs logit |",
-        "|---|---|---|---|---|---|",
+        "Target (issue #7): keep-in-FP ≤ 15.0 MiB, all-1-bit ≤ 14.0 MiB.",
+        "",
+        "| preset / variant | bytes on disk | MiB | ≤ target | mask planes | logit diff | "
+        "max abs logit |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in res["sizes"].items():
+        target = 14.0 if "all-1-bit" in name else 15.0
+        ok = "yes" if r["mib_on_disk"] <= target else "no"
         lines.append(
-            f"| {name} | {r['bytes_on_disk']:,} | {r['mib_on_disk']:.3f} | {r['mask_planes']} | "
-            f"{r['max_abs_logit_diff_vs_fake_quant']:.2e} | {r['max_abs_ref_logit']:.3f} |"
+            f"| {name} | {r['bytes_on_disk']:,} | {r['mib_on_disk']:.3f} | {ok} | "
+            f"{r['mask_planes']} | {r['max_abs_logit_diff_vs_fake_quant']:.2e} | "
+            f"{r['max_abs_ref_logit']:.3f} |"
         )
     pre = ", ".join(f"{p} {b:,} B" for p, b in res["pretraining_head_tensor_bytes"].items())
     lines += [
@@ -228,6 +250,8 @@ def markdown(res: dict) -> str:
     for preset in PRESETS:
         r = res["sizes"][f"{preset} / keep-in-FP"]["bytes_by_role"]
         lines.append(f"| {preset} | " + " | ".join(f"{r[k]:,}" for k in (*roles, "total")) + " |")
+    if size == "base":
+        lines += ["", NOTES]
     for name, table in res["latency"].items():
         fp = table["FP32 XLA"]["median_ms"]
         lines += ["", f"## {name}", "", "| variant | median ms | min ms | speed-up (median) |"]

@@ -17,7 +17,9 @@ tanh, heads) is float32. Exact zeros (``sign(0) = 0``) are honoured: each signed
 its operands at run time and takes the two-plane (sign + nonzero mask) path only when a zero is
 present (``lax.cond``), else the one-plane path (native ``jax.ffi`` kernel with
 ``kernel="native"``). Results equal the fake-quant forward: integer parts exactly, float parts to
-rounding.
+rounding. One caveat: where the exact pre-sign value is 0 (e.g. zero biases at init), the float32
+fake-quant sum of ±m terms can leave a ~1e-9 residue and take ``sign = ±1``; the packed integer
+path gives 0, as the same model evaluated in float64 does (tested).
 """
 
 from __future__ import annotations
