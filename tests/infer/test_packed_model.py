@@ -81,8 +81,15 @@ def test_raw_init_exact_zeros_match_float64_model(method):
     _assert_close(out, ref)
 
 
-def test_scanned_layers_config():
-    config = tiny_config("bit", scan_layers=True)
+@pytest.mark.parametrize(
+    "method,overrides",
+    [
+        ("bit", {"scan_layers": True}),
+        ("bipft", {"quant.estimators.rank": 2, "quant.estimators.per_head": True}),
+    ],
+)
+def test_scanned_layers_and_estimator_variants(method, overrides):
+    config = tiny_config(method, **overrides)
     model, params = init_params(config, "classification", seed=10)
     batch = _batch()
     packed = PackedModel.from_tensors(*pack_model(params, config))
