@@ -241,10 +241,12 @@ def _build_module_class():
             low = torch.finfo(torch.float32).min
             bias = torch.where(keep, torch.tensor(0.0), torch.tensor(low))
             emb = f"{p}embeddings"
+            store = getattr(torch, cfg["quant"].get("table_storage", "float32"))
+            table = lambda name: self.t[f"{emb}/{name}/embedding"].to(store).float()  # noqa: E731
             h = (
                 self.w[f"{emb}/word_embeddings/embedding"][input_ids]
-                + self.t[f"{emb}/position_embeddings/embedding"][torch.arange(length)][None]
-                + self.t[f"{emb}/token_type_embeddings/embedding"][token_type_ids]
+                + table("position_embeddings")[torch.arange(length)][None]
+                + table("token_type_embeddings")[token_type_ids]
             )
             h = self.layer_norm(h, f"{emb}/LayerNorm")
             for i in range(cfg["num_layers"]):

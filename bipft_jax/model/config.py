@@ -19,6 +19,7 @@ from bipft_jax.quant import ActQuant, DenseQuant, WeightQuant
 ATTENTION_KINDS = ("softmax", "bool")
 POOLER_KINDS = ("dense_tanh", "bipft_ln_residual")
 ACTIVATIONS = ("gelu", "relu", "gelu_tanh")
+TABLE_STORAGE = ("float32", "float16", "bfloat16")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -62,6 +63,10 @@ class QuantSpec:
     pooler_quant: binarizers of the pooler dense.
     estimators: BiPFT residual-polynomial estimators.
     mlm_transform_act: activation of the (FP) MLM head transform.
+    table_storage: "float32", "float16" or "bfloat16": the dtype the position and token-type
+      tables are deployed in. The forward looks up their values rounded to it (gradients pass
+      straight through to the float32 params), so a packed file that stores them in 16 bits is
+      exact for the model that was trained this way (BERT-base: -0.75 MiB on disk).
     """
 
     word_embedding: WeightQuant = WeightQuant(channel_axis=0)
@@ -75,8 +80,10 @@ class QuantSpec:
     pooler_quant: DenseQuant = DenseQuant()
     estimators: EstimatorSpec = EstimatorSpec()
     mlm_transform_act: str = "gelu"
+    table_storage: str = "float32"
 
     def __post_init__(self):
+        _check("quant.table_storage", self.table_storage, TABLE_STORAGE)
         _check("quant.attention", self.attention, ATTENTION_KINDS)
         _check("quant.pooler", self.pooler, POOLER_KINDS)
         _check("quant.mlm_transform_act", self.mlm_transform_act, ACTIVATIONS)

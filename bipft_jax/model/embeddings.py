@@ -26,11 +26,15 @@ class BertEmbeddings(nn.Module):
         self.word_embeddings = QuantEmbed(
             num_embeddings=cfg.vocab_size, quant=cfg.quant.word_embedding, **common
         )
+        storage = cfg.quant.table_storage
         self.position_embeddings = QuantEmbed(
-            num_embeddings=cfg.max_position, axes=("position", "embed"), **common
+            num_embeddings=cfg.max_position, axes=("position", "embed"), storage=storage, **common
         )
         self.token_type_embeddings = QuantEmbed(
-            num_embeddings=cfg.type_vocab_size, axes=("token_type", "embed"), **common
+            num_embeddings=cfg.type_vocab_size,
+            axes=("token_type", "embed"),
+            storage=storage,
+            **common,
         )
         self.LayerNorm = layer_norm(cfg, "LayerNorm")
         self.dropout = nn.Dropout(cfg.hidden_dropout)

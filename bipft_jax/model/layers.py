@@ -24,6 +24,15 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     raise ValueError(f"unknown activation {name!r}; expected 'gelu', 'gelu_tanh' or 'relu'")
 
 
+def round_to_storage(x: jax.Array, storage: str) -> jax.Array:
+    """``x`` rounded to the ``storage`` dtype and back, with an identity (straight-through)
+    gradient. ``x + (r - x)`` equals ``r`` exactly: ``r - x`` is exact (Sterbenz), so is the sum."""
+    if storage == "float32":
+        return x
+    rounded = x.astype(jnp.dtype(storage)).astype(x.dtype)
+    return x + jax.lax.stop_gradient(rounded - x)
+
+
 def layer_norm(config: BertConfig, name: str, axis: str = "embed") -> nn.LayerNorm:
     """Post-LN LayerNorm with logical axis names; statistics are computed in float32."""
     return nn.LayerNorm(
@@ -71,6 +80,7 @@ class QuantEmbed(nn.Module):
     init_std: float = 0.02
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    storage: str = "float32"  # lookups see the table rounded to this dtype (straight-through)
 
     def setup(self):
         self.embedding = self.param(
@@ -81,7 +91,7 @@ class QuantEmbed(nn.Module):
         )
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        table = quantize_weight(self.embedding, self.quant)
+        table = round_to_storage(quantize_weight(self.embedding, self.quant), self.storage)
         return jnp.take(table, ids, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:

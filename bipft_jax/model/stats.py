@@ -2,7 +2,8 @@
 
 Conventions (methods.md §7, performance.md §4):
 - sizes in MiB (2**20 bytes); "packed" = the preset's binarized matrices at 1 bit per entry,
-  every other parameter (position/type embeddings, LayerNorm, biases, α, β, estimators) FP32;
+  every other parameter (position/type embeddings, LayerNorm, biases, α, β, estimators) FP32
+  (position/type tables 16-bit under ``quant.table_storage``);
   "all matrices 1-bit" also packs position/type embeddings; "floor" packs every parameter.
   Per-channel/per-tensor scales are derived from the latent weights and listed separately.
 - FLOPs = 2·MAC of every matmul (linears, QKᵀ, P·V, estimators), batch 1, sequence `seq`.
@@ -119,7 +120,11 @@ def size_report(config: BertConfig) -> dict[str, Any]:
         + counts.get("encoder_kernel", 0)
         + counts.get("pooler_kernel", 0)
     )
+    # 16-bit table storage (quant.table_storage) saves 2 of the 4 bytes per pos/type entry.
+    table_saving = 2 * counts.get("pos_type_embedding", 0)
     packed = binary_bits / 8 + fp_params * 4
+    if config.quant.table_storage != "float32":
+        packed -= table_saving
     all_matrices = matrices / 8 + (total - matrices) * 4
     fp32 = total * 4
     return {
