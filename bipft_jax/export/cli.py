@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=128, help="stablehlo sequence length")
     p.add_argument("--batch-size", type=int, help="stablehlo batch size (default: symbolic)")
     p.add_argument(
+        "--container",
+        choices=("jax", "bipft"),
+        default="jax",
+        help="stablehlo file: jax.export.serialize() + .sha256 (default) or bipft's container",
+    )
+    p.add_argument(
         "--params-as-argument",
         action="store_true",
         help="stablehlo: take params as the first argument instead of baking them in",
@@ -240,6 +246,6 @@ def _run(args: argparse.Namespace) -> int:
         exp = export_inference(
             params, config, args.seq_len, args.batch_size, args.params_as_argument
         )
-        written = save_exported(exp, out)
+        written = save_exported(exp, out, args.container)
     print(f"bipft export: wrote {args.format} to {written}")
     return 0

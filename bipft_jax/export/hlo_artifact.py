@@ -1,7 +1,7 @@
 """A single-file container for a `jax.export.Exported` (imports only jax, numpy and stdlib).
 
-`Exported.serialize()` needs the optional `flatbuffers` package, which this environment lacks,
-so the artifact is written as: magic `BIPFT-STABLEHLO\\n`, an 8-byte little-endian header length,
+The alternative to `Exported.serialize()` (which needs `flatbuffers` and carries no checksum):
+the artifact is written as: magic `BIPFT-STABLEHLO\\n`, an 8-byte little-endian header length,
 a JSON header (tree structures, avals with symbolic dims by name, platforms, calling convention,
 SHA-256 of the module) and the StableHLO module bytecode. `load_artifact` rebuilds the `Exported`
 from these fields; this file can be copied and used without the rest of the package.

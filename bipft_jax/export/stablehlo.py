@@ -1,9 +1,15 @@
 """Serialized `jax.export` (StableHLO) artifacts of the inference function.
 
     exp = export_inference(params, config, seq_len=128)          # batch size symbolic
-    save_exported(exp, "model.jaxexport")
-    # elsewhere, with only jax + numpy (`hlo_artifact.py` is standalone, no model code):
-    out = hlo_artifact.load_artifact("model.jaxexport").call(ids, types, mask)
+    save_exported(exp, "model.jaxexport")        # + model.jaxexport.sha256 (sha256sum -c)
+    # elsewhere, with only jax (+ flatbuffers), no model code:
+    exp = jax.export.deserialize(bytearray(open("model.jaxexport", "rb").read()))
+    out = exp.call(ids, types, mask)
+
+Two containers: ``"jax"`` (default) is `Exported.serialize()`, JAX's own format, with a
+`sha256sum`-compatible checksum file beside it that `load_exported` verifies (the format has no
+checksum of its own: a file cut by a few bytes still deserializes); ``"bipft"`` is the
+single-file checksummed container of `hlo_artifact` (JSON header + StableHLO bytecode).
 
 The function takes `(input_ids, token_type_ids, attention_mask)` (int32 `[batch, seq_len]`),
 or `(params, input_ids, token_type_ids, attention_mask)` with `params_as_argument=True`, and
@@ -14,6 +20,7 @@ by default, so the artifact is self-contained.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,9 +32,10 @@ import numpy as np
 from jax import export as jax_export
 
 from bipft_jax.export.common import build_model, check_shapes
-from bipft_jax.export.hlo_artifact import load_artifact, save_artifact
+from bipft_jax.export.hlo_artifact import MAGIC, load_artifact, save_artifact
 from bipft_jax.model.config import BertConfig
 
+CONTAINERS = ("jax", "bipft")
 OUTPUTS = {
     "classification": ("logits",),
     "pretraining": ("mlm_logits", "nsp_logits"),
@@ -75,11 +83,40 @@ def export_inference(
     return jax_export.export(jax.jit(baked), platforms=plats)(ids, ids, ids)
 
 
-def save_exported(exported: jax_export.Exported, path: str | os.PathLike) -> Path:
-    """Write the artifact (format: `bipft_jax.export.hlo_artifact`)."""
-    return save_artifact(exported, path)
+def save_exported(
+    exported: jax_export.Exported, path: str | os.PathLike, container: str = "jax"
+) -> Path:
+    """Write the artifact in ``container`` "jax" (+ ``<path>.sha256``) or "bipft" (see above)."""
+    if container not in CONTAINERS:
+        raise ValueError(f"unknown artifact container {container!r}; choose one of {CONTAINERS}")
+    if container == "bipft":
+        return save_artifact(exported, path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = bytes(exported.serialize())
+    path.write_bytes(raw)
+    _checksum_file(path).write_text(f"{hashlib.sha256(raw).hexdigest()}  {path.name}\n")
+    return path
 
 
 def load_exported(path: str | os.PathLike) -> jax_export.Exported:
-    """Read an artifact written by `save_exported`; call it with `.call(...)`."""
-    return load_artifact(path)
+    """Read an artifact of either container; call the result with ``.call(...)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported artifact not found: {path}")
+    raw = path.read_bytes()
+    if raw.startswith(MAGIC):
+        return load_artifact(path)
+    sums = _checksum_file(path)
+    if sums.is_file():
+        want = sums.read_text().split()[0] if sums.read_text().strip() else ""
+        if hashlib.sha256(raw).hexdigest() != want:
+            raise ValueError(f"{path} is corrupt or truncated (sha256 differs from {sums.name})")
+    try:
+        return jax_export.deserialize(bytearray(raw))
+    except Exception as e:  # flatbuffers raises bare struct/IndexErrors on junk
+        raise ValueError(f"{path} is not a jax.export artifact ({type(e).__name__}: {e})") from e
+
+
+def _checksum_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
