@@ -139,6 +139,9 @@ def test_popcount_products_equal_float_dot_of_unpacked_values():
         for kernel in ("xla", "native"):
             got = jax.jit(signed_matmul, static_argnums=(2,))(xx, w, kernel)
             np.testing.assert_array_equal(np.asarray(got), np.sign(xx).astype(np.float64) @ w_pm1.T)
+    bits = (x > 0.3).astype(np.float32)  # unsigned {0, 1} activations against the weight
+    got = jax.jit(unsigned_matmul)(bits, w)
+    np.testing.assert_array_equal(np.asarray(got), bits.astype(np.float64) @ w_pm1.T)
     u = (rng.random((2, 3, 7, 40)) < 0.3).astype(np.float32)
     v = rng.standard_normal((2, 3, 4, 40)).astype(np.float32)
     v[..., :5] = 0.0
