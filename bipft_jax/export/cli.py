@@ -65,9 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--float16",
-        default="none",
+        default=None,
         choices=("none", "pos_type", "fp"),
-        help="packed: store position/token-type tables (pos_type) or every FP tensor (fp) as fp16",
+        help="packed: store position/token-type tables (pos_type) or every FP tensor (fp) as "
+        "fp16 (default: pos_type if the model has quant.table_storage=float16, else none)",
     )
     p.add_argument(
         "--all-1bit",

@@ -15,7 +15,10 @@ Options:
 * ``float16="pos_type"`` stores the position and token-type tables (the largest FP tensors,
   1.5 MiB in BERT-base) in half precision; ``float16="fp"`` stores every ``fp``-role tensor
   (those tables, LayerNorm, biases, FP heads) so; α, β, scales and estimators stay float32.
-  Both change the numbers (``benchmarks/results/packed_model.md`` reports the logit error).
+  Both change the numbers (``benchmarks/results/packed_model.md`` reports the logit error),
+  unless the model was trained with ``quant.table_storage="float16"``: its forward already uses
+  the fp16-rounded tables, so ``"pos_type"`` is then exact and is the default (``float16=None``
+  follows the config; a ``"bfloat16"`` table is stored in float32, also exact).
 * ``all_1bit=True`` also binarizes the position and token-type tables with the word-embedding
   binarizer of the preset. This is a *different* model from the fake-quant one (those tables are
   FP there); its forward equals the fake-quant forward run with those tables pre-binarized.
@@ -124,6 +127,15 @@ def _weight_quant(name: str, config: BertConfig, all_1bit: bool) -> WeightQuant 
     return q.pooler_quant.weight if "pooler/dense/" in name else q.linear_weight
 
 
+def _resolve_float16(float16: str | None, config: BertConfig) -> str:
+    """``None``: "pos_type" for a model trained with fp16 tables (exact), else "none"."""
+    if float16 is None:
+        return "pos_type" if config.quant.table_storage == "float16" else "none"
+    if float16 not in FLOAT16:
+        raise ValueError(f"float16 must be one of {FLOAT16}, got {float16!r}")
+    return float16
+
+
 def _storage_dtype(name: str, role: str, float16: str) -> str:
     half = role == "fp" and (
         float16 == "fp" or (float16 == "pos_type" and name.endswith(_POS_TYPE))
@@ -151,13 +163,12 @@ def pack_model(
     *,
     preset: str | None = None,
     size: str | None = None,
-    float16: str = "none",
+    float16: str | None = None,
     all_1bit: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """``(tensors, manifest)`` of a packed model; ``manifest["tensors"]`` describes each tensor
     (``shape``, ``dtype``, ``role``, ``k`` for packed planes), as on disk."""
-    if float16 not in FLOAT16:
-        raise ValueError(f"float16 must be one of {FLOAT16}, got {float16!r}")
+    float16 = _resolve_float16(float16, config)
     check_supported(config)
     head, num_labels = check_shapes(params, config)
     tensors: dict[str, np.ndarray] = {}
@@ -206,14 +217,13 @@ def packed_bytes_estimate(
     head: str = "base",
     num_labels: int = 2,
     *,
-    float16: str = "none",
+    float16: str | None = None,
     all_1bit: bool = False,
 ) -> dict[str, int]:
     """Tensor bytes of :func:`pack_model`'s output computed from shapes alone (no params, no
     mask planes): ``{"packed_signs", "scale", "alpha", "beta", "estimator", "fp", "total"}``.
     The file adds only the safetensors header and the manifest."""
-    if float16 not in FLOAT16:
-        raise ValueError(f"float16 must be one of {FLOAT16}, got {float16!r}")
+    float16 = _resolve_float16(float16, config)
     check_supported(config)
     model = build_model(config, head, max(num_labels, 1))
     ids = jnp.zeros((1, 4), jnp.int32)
