@@ -48,6 +48,8 @@ PRESETS = ("bibert", "bit", "bipft")
 VARIANTS = {  # name -> pack_model options
     "keep-in-FP": dict(),
     "keep-in-FP, fp16 pos/type": dict(float16="pos_type"),
+    # the same tables in fp16, for a model whose forward uses them so (exact by construction)
+    "keep-in-FP, model with quant.table_storage=float16": dict(model={"table_storage": "float16"}),
     "keep-in-FP, fp16 FP tensors": dict(float16="fp"),
     "all-1-bit": dict(all_1bit=True),
     "all-1-bit, fp16 FP tensors": dict(all_1bit=True, float16="fp"),
@@ -119,14 +121,21 @@ def sizes_and_errors(size: str, seq: int) -> tuple[dict, dict[str, PackedModel]]
         config = get_model_config(preset, size)
         params = random_params(config, "classification")
         ref = jax.jit(build_model(config, "classification", 2).apply)({"params": params}, **data)
-        for variant, options in VARIANTS.items():
-            tensors, manifest = pack_model(params, config, preset=preset, size=size, **options)
+        for variant, variant_options in VARIANTS.items():
+            options = dict(variant_options)
+            quant = options.pop("model", None)
+            config_v, ref_v = config, ref
+            if quant:
+                config_v = get_model_config(preset, size, quant=quant)
+                apply = jax.jit(build_model(config_v, "classification", 2).apply)
+                ref_v = apply({"params": params}, **data)
+            tensors, manifest = pack_model(params, config_v, preset=preset, size=size, **options)
             with tempfile.TemporaryDirectory() as tmp:
                 directory = save_packed_model(Path(tmp) / "m", tensors, manifest)
                 on_disk = packed_size_bytes(directory)
                 model = load_packed_model(directory)
             got = jax.jit(packed_forward)(model, **data)
-            estimate = packed_bytes_estimate(config, "classification", **options)
+            estimate = packed_bytes_estimate(config_v, "classification", **options)
             out[f"{preset} / {variant}"] = {
                 "bytes_on_disk": on_disk,
                 "mib_on_disk": on_disk / MIB,
@@ -134,11 +143,11 @@ def sizes_and_errors(size: str, seq: int) -> tuple[dict, dict[str, PackedModel]]
                 "bytes_by_role": estimate,
                 "mask_planes": sum(n.endswith(".mask") for n in tensors),
                 "max_abs_logit_diff_vs_fake_quant": float(
-                    jnp.max(jnp.abs(got["logits"] - ref["logits"]))
+                    jnp.max(jnp.abs(got["logits"] - ref_v["logits"]))
                 ),
-                "max_abs_ref_logit": float(jnp.max(jnp.abs(ref["logits"]))),
+                "max_abs_ref_logit": float(jnp.max(jnp.abs(ref_v["logits"]))),
                 "max_abs_hidden_diff_vs_fake_quant": float(
-                    jnp.max(jnp.abs(got["last_hidden_state"] - ref["last_hidden_state"]))
+                    jnp.max(jnp.abs(got["last_hidden_state"] - ref_v["last_hidden_state"]))
                 ),
             }
             if variant == "keep-in-FP":
