@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +29,9 @@ import numpy as np
 # Before the native library loads: as many threads as XLA's own pool (all cores), so the kernels
 # compare like for like on a quiet machine; set 1 for steadier numbers on a loaded one.
 os.environ.setdefault("BIPFT_XNOR_THREADS", str(os.cpu_count() or 1))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from binary_linear import time_interleaved as time_rounds  # noqa: E402
 
 from bipft_jax.export.common import build_model  # noqa: E402
 from bipft_jax.infer import native  # noqa: E402
@@ -99,19 +102,9 @@ def batch(seq: int, size: int = 1, vocab: int = 30522, pad: int = 0, seed: int =
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, dict]:
-    """Median and minimum ms per variant over interleaved rounds, after 2 warm-up calls each."""
-    for fn in fns.values():
-        for _ in range(2):
-            jax.block_until_ready(fn())
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {
-        n: {"median_ms": float(np.median(t)), "min_ms": float(np.min(t))} for n, t in times.items()
-    }
+    """Median and minimum ms per variant (``binary_linear.time_interleaved``'s protocol)."""
+    med, mins = time_rounds(fns, rounds)
+    return {n: {"median_ms": med[n], "min_ms": mins[n]} for n in fns}
 
 
 def sizes_and_errors(size: str, seq: int) -> tuple[dict, dict[str, PackedModel]]:
