@@ -44,6 +44,15 @@ Array = Any
 KERNELS = ("xla", "native")
 
 
+def _pack(x: Array, kernel: str) -> PackedSigns:
+    """Sign and nonzero planes of float ``x`` (one native pass with ``kernel="native"``)."""
+    if kernel == "native":
+        from bipft_jax.infer.native import sign_pack_native
+
+        return sign_pack_native(x)
+    return pack_matrix(x, with_mask=True)
+
+
 def signed_matmul(
     a: Array, b: Array | PackedSigns, kernel: str = "xla", chunk: int = DEFAULT_CHUNK
 ) -> Array:
@@ -53,14 +62,15 @@ def signed_matmul(
     Both planes are packed in one pass and the zero test reads the packed mask words (testing
     ``a == 0`` on the floats made XLA compute ``a``'s producer, e.g. GELU, twice: ~15% of a
     BERT-base layer). The two-plane product runs only when an operand has an exact zero
-    (``lax.cond``); else the one-plane product, on the native kernel when ``kernel="native"``.
+    (``lax.cond``); else the one-plane product. ``kernel="native"`` packs and multiplies with
+    the ``jax.ffi`` kernels where they apply.
     """
-    pa = pack_matrix(a, with_mask=True)
+    pa = _pack(a, kernel)
     full = jnp.asarray(pack_bits(np.ones(pa.k, bool)))  # mask words of a zero-free row
     zero = jnp.any(pa.mask != full)
     weight_mask = isinstance(b, PackedSigns) and b.mask is not None  # a weight with zeros
     if not isinstance(b, PackedSigns):
-        b = pack_matrix(b, with_mask=True)
+        b = _pack(b, kernel)
         zero = zero | jnp.any(b.mask != full)
 
     def one_plane(pa: PackedSigns, pb: PackedSigns) -> Array:
@@ -77,12 +87,21 @@ def signed_matmul(
     return lax.cond(zero, lambda pa, pb: xnor_matmul(pa, pb, chunk), one_plane, pa, b)
 
 
-def unsigned_matmul(u: Array, b: Array | PackedSigns, chunk: int = DEFAULT_CHUNK) -> Array:
-    """Exact int32 ``u @ sign(b).T`` for ``u`` in {0, 1} (float ``[..., M, K]``); ``b`` as in
-    :func:`signed_matmul`."""
-    pu = pack_matrix(u, with_mask=False)
-    if isinstance(b, PackedSigns):
-        return and_matmul(pu, b, chunk)
+def unsigned_matmul(
+    u: Array, b: Array | PackedSigns, kernel: str = "xla", chunk: int = DEFAULT_CHUNK
+) -> Array:
+    """Exact int32 ``u @ sign(b).T`` for ``u`` in {0, 1} (float ``[..., M, K]``); ``b`` and
+    ``kernel`` as in :func:`signed_matmul`."""
+    if kernel == "native":
+        from bipft_jax.infer.native import and_matmul_native
+
+        pu = PackedSigns(_pack(u, kernel).signs, None, u.shape[-1])
+        if isinstance(b, PackedSigns):
+            return and_matmul_native(pu, b, chunk)
+    else:
+        pu = pack_matrix(u, with_mask=False)
+        if isinstance(b, PackedSigns):
+            return and_matmul(pu, b, chunk)
     return lax.cond(
         jnp.any(b == 0),
         lambda pu, b: and_matmul(pu, pack_matrix(b, with_mask=True), chunk),
@@ -102,6 +121,9 @@ class _Ctx:
 
     def signed(self, a: Array, b: Array | PackedSigns) -> Array:
         return signed_matmul(a, b, self.kernel, self.chunk)
+
+    def unsigned(self, u: Array, b: Array | PackedSigns) -> Array:
+        return unsigned_matmul(u, b, self.kernel, self.chunk)
 
     def binarize(self, x: Array, q: ActQuant, prefix: str) -> tuple[Array, Array | None, bool]:
         """``(v, α, signed)``: the product uses ``sign(v)`` (signed) or ``v`` in {0, 1}; the
@@ -126,7 +148,7 @@ class _Ctx:
         if q is None or not q.enabled:  # W1A32: float input times the unpacked ±m weight
             return x @ (w.unpack(jnp.float32) * self.t[f"{name}/kernel.scale"][..., None]).T + b
         v, alpha, signed = self.binarize(x, q, f"{name}/input_quant")
-        dot = self.signed(v, w) if signed else unsigned_matmul(v, w, self.chunk)
+        dot = self.signed(v, w) if signed else self.unsigned(v, w)
         y = dot.astype(jnp.float32) * self.t[f"{name}/kernel.scale"]
         if alpha is not None:
             y = y * alpha
@@ -166,7 +188,7 @@ class _Ctx:
         scores = scores / math.sqrt(d) + bias
         probs_in = jax.nn.softmax(scores, axis=-1) if spec.attention == "softmax" else scores
         u, a_p, _ = self.binarize(probs_in, spec.probs, f"{name}/self/probs_quant")
-        context = unsigned_matmul(u, v.transpose(0, 1, 3, 2), self.chunk).astype(jnp.float32)
+        context = self.unsigned(u, v.transpose(0, 1, 3, 2)).astype(jnp.float32)
         context = _times(context, a_p, a_v).transpose(0, 2, 1, 3)  # [b, L, heads, d]
         if est.enabled:
             r_v = self.dense(h, f"{name}/self/v_p")
@@ -181,15 +203,18 @@ class _Ctx:
         return self.layer_norm(out + h, f"{name}/output/LayerNorm")
 
     def residual_polynomial(self, h: Array, name: str) -> Array:
-        """BiPFT ``m_q r_kᵀ + r_q m_kᵀ + r_q r_kᵀ`` as [B, groups, L, L] (float)."""
+        """BiPFT ``m_q r_kᵀ + r_q m_kᵀ + r_q r_kᵀ`` as [B, groups, L, L] (float), computed as one
+        rank-2r product ``[m_q, r_q] [r_k, m_k + r_k]ᵀ`` after one fused projection of ``h``."""
         est, (b, length, _) = self.cfg.quant.estimators, h.shape
         groups = self.cfg.num_heads if est.per_head else 1
-        r_q, r_k, m_q, m_k = (
-            self.dense(h, f"{name}/{n}").reshape(b, length, groups, est.rank)
-            for n in ("q_p", "k_p", "q_m", "k_m")
-        )
-        outer = lambda a, c: jnp.einsum("bqgr,bkgr->bgqk", a, c)
-        return outer(m_q, r_k) + outer(r_q, m_k) + outer(r_q, r_k)
+        names = [f"{name}/{n}" for n in ("q_p", "k_p", "q_m", "k_m")]
+        kernel = jnp.concatenate([self.t[f"{n}/kernel"] for n in names], axis=-1)
+        bias = jnp.concatenate([self.t[f"{n}/bias"] for n in names], axis=-1)
+        proj = (h @ kernel + bias).reshape(b, length, 4, groups, est.rank)
+        r_q, r_k, m_q, m_k = (proj[:, :, i] for i in range(4))
+        left = jnp.concatenate([m_q, r_q], axis=-1)
+        right = jnp.concatenate([r_k, m_k + r_k], axis=-1)
+        return jnp.einsum("bqgr,bkgr->bgqk", left, right)
 
     def layer(self, h: Array, bias: Array, name: str) -> Array:
         q = self.cfg.quant

@@ -158,22 +158,24 @@ def binary_linear(
     ``[..., 1]``. ``bin(x)`` is ``sign(x)`` (``unsigned=False``; exact zeros map to 0 when
     ``exact_zeros``, else the caller guarantees there are none and the one-plane path runs) or
     ``x > 0`` as ``{0, 1}`` (``unsigned=True``). Any learnable threshold must already be applied.
-    ``kernel="native"`` runs the signed product on the ``jax.ffi`` CPU kernel (``native/``) where
-    it applies (no mask planes) and on XLA otherwise.
+    ``kernel="native"`` packs and multiplies on the ``jax.ffi`` CPU kernels (``native/``) where
+    they apply (no mask planes) and on XLA otherwise.
     """
     if kernel not in ("xla", "native"):
         raise ValueError(f"kernel must be 'xla' or 'native', got {kernel!r}")
     if x.shape[-1] != packed_w.k:
         raise ValueError(f"input has K={x.shape[-1]} but the packed weight has k={packed_w.k}")
-    a = pack_matrix(x, with_mask=exact_zeros and not unsigned)
-    if unsigned:
-        dot = and_matmul(a, packed_w, chunk, wide)
-    elif kernel == "native":
-        from bipft_jax.infer.native import xnor_matmul_native  # lazy: it imports this module
+    with_mask = exact_zeros and not unsigned
+    if kernel == "native":
+        from bipft_jax.infer import native  # lazy: it imports this module
 
-        dot = xnor_matmul_native(a, packed_w, chunk)
+        a = native.sign_pack_native(x)
+        a = a if with_mask else PackedSigns(a.signs, None, a.k)
+        matmul = native.and_matmul_native if unsigned else native.xnor_matmul_native
+        dot = matmul(a, packed_w, chunk)
     else:
-        dot = xnor_matmul(a, packed_w, chunk, wide)
+        a = pack_matrix(x, with_mask=with_mask)
+        dot = (and_matmul if unsigned else xnor_matmul)(a, packed_w, chunk, wide)
     y = dot.astype(jnp.float32) * jnp.asarray(w_scale, jnp.float32)
     if alpha is not None:
         y = y * alpha

@@ -40,6 +40,7 @@ CASES = [
     (9, 1000, 6),
     (2, 8320, 5),
     (130, 768, 17),
+    (203, 1000, 300),  # enough work for several row chunks on the caller + XLA's pool
 ]
 
 
@@ -55,6 +56,35 @@ def test_native_matches_numpy(m, k, n):
 
 
 @needs_cxx
+@pytest.mark.parametrize("m,k,n", CASES)
+def test_native_and_gemm_matches_numpy(m, k, n):
+    rng = np.random.default_rng(m * k + n)
+    u = (rng.random((m, k)) < 0.4).astype(np.float32)
+    b = _pm1(rng, (k, n))
+    pu = pack_matrix(u, with_mask=False)
+    got = jax.jit(native.and_matmul_native)(pu, pack_matrix(b, axis=0))
+    np.testing.assert_array_equal(np.asarray(got), (u @ b).astype(np.int32))
+
+
+@needs_cxx
+@pytest.mark.parametrize("shape", [(5, 70), (3, 4, 1000), (1, 31), (7, 32), (203, 3072)])
+def test_sign_pack_matches_xla_packing(shape):
+    """Both planes, including exact zeros, negative zeros, NaN (nonzero, not positive), tails."""
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[rng.random(shape) < 0.1] = 0.0
+    x[rng.random(shape) < 0.05] = -0.0
+    x.reshape(-1)[rng.integers(0, x.size, 3)] = np.nan
+    got = jax.jit(native.sign_pack_native)(x)
+    want = pack_matrix(x, with_mask=True)
+    assert got.k == want.k == shape[-1]
+    np.testing.assert_array_equal(np.asarray(got.signs), want.signs)
+    np.testing.assert_array_equal(np.asarray(got.mask), want.mask)
+    bits = np.asarray(got.unpack(np.float32))
+    np.testing.assert_array_equal(bits, np.sign(np.nan_to_num(x, nan=-1.0)))
+
+
+@needs_cxx
 def test_native_batched_and_binary_linear():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 6, 100)).astype(np.float32)
@@ -66,6 +96,9 @@ def test_native_batched_and_binary_linear():
     fn = jax.jit(lambda x, pw, s: binary_linear(x, pw, s, exact_zeros=False, kernel="native"))
     want = scale * (np.sign(x) @ np.sign(w))
     np.testing.assert_allclose(np.asarray(fn(x, pw, scale)), want, rtol=1e-6)
+    unsigned = jax.jit(lambda x, pw, s: binary_linear(x, pw, s, unsigned=True, kernel="native"))
+    want = scale * ((x > 0) @ np.sign(w))
+    np.testing.assert_allclose(np.asarray(unsigned(x, pw, scale)), want, rtol=1e-6)
 
 
 @needs_cxx
@@ -112,8 +145,13 @@ def test_unloadable_library_falls_back(monkeypatch, tmp_path, caplog):
     try:
         assert not native.native_available()
         assert "cannot load" in caplog.text
-        a = pack_matrix(np.array([[1.0, -1.0, 1.0]], np.float32))
+        x = np.array([[1.0, -1.0, 1.0]], np.float32)
+        a = pack_matrix(x)
         np.testing.assert_array_equal(np.asarray(native.xnor_matmul_native(a, a)), [[3]])
+        u = pack_matrix(x > 0, with_mask=False)
+        np.testing.assert_array_equal(np.asarray(native.and_matmul_native(u, a)), [[2]])
+        packed = native.sign_pack_native(x)
+        np.testing.assert_array_equal(np.asarray(packed.signs), a.signs)
     finally:
         monkeypatch.undo()
         native._load.cache_clear()

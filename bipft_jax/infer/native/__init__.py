@@ -1,12 +1,15 @@
-"""Native CPU XNOR-popcount GEMM (``xnor_gemm.cc``) through ``jax.ffi``, built on first use.
+"""Native CPU 1-bit kernels (``xnor_gemm.cc``) through ``jax.ffi``, built on first use.
 
 The C++ source is compiled with the system ``g++`` (or ``$CXX``) into a cache directory
 (``$BIPFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/bipft_jax``, else ``~/.cache/bipft_jax``), keyed by
-a hash of the source, compiler and flags, and registered as the XLA CPU custom call
-``bipft_xnor_gemm``. The kernel picks AVX-512 VPOPCNTDQ, AVX2 or scalar popcount at run time
-(``$BIPFT_XNOR_ISA`` = ``avx2``/``scalar`` forces a lower one) and splits rows over up to
-``$BIPFT_XNOR_THREADS`` threads (default: all hardware threads). With no compiler, or when the
-build fails, :func:`xnor_matmul_native` falls back to the pure-XLA :func:`~..xnor.xnor_matmul`.
+a hash of the source, compiler and flags, and registered as the XLA CPU custom calls
+``bipft_xnor_gemm`` (XNOR-popcount), ``bipft_and_gemm`` (AND-popcount) and ``bipft_sign_pack``
+(float32 -> sign and nonzero planes). The GEMMs pick AVX-512 VPOPCNTDQ, AVX2 or scalar popcount at
+run time (``$BIPFT_XNOR_ISA`` = ``avx2``/``scalar`` forces a lower one) and split rows between the
+calling thread and XLA's intra-op pool, up to ``$BIPFT_XNOR_THREADS`` threads (default: all
+hardware threads). With no compiler, or when the build fails, every function here falls back to
+its pure-XLA twin (:func:`~..xnor.xnor_matmul`, :func:`~..xnor.and_matmul`,
+:func:`~..packing.pack_matrix`).
 """
 
 from __future__ import annotations
@@ -25,13 +28,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from bipft_jax.infer.packing import PackedSigns
-from bipft_jax.infer.xnor import DEFAULT_CHUNK, xnor_matmul
+from bipft_jax.infer.packing import PackedSigns, num_words, pack_matrix
+from bipft_jax.infer.xnor import DEFAULT_CHUNK, _rowcount, and_matmul, xnor_matmul
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("xnor_gemm.cc")
-TARGET = "bipft_xnor_gemm"
+TARGETS = {  # XLA custom-call target -> handler symbol in the library
+    "bipft_xnor_gemm": "BipftXnorGemm",
+    "bipft_and_gemm": "BipftAndGemm",
+    "bipft_sign_pack": "BipftSignPack",
+}
 FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-pthread", "-w"]
 _REGISTERED: list[ctypes.CDLL] = []  # the library whose handler XLA holds for this process
 
@@ -85,7 +92,8 @@ def _load() -> ctypes.CDLL | None:
         return None
     if _REGISTERED:  # XLA refuses a second handler for the target (e.g. after cache_clear)
         return _REGISTERED[0]
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.BipftXnorGemm), platform="cpu")
+    for target, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     lib.BipftXnorIsa.restype = ctypes.c_char_p
     _REGISTERED.append(lib)
     return lib
@@ -102,6 +110,16 @@ def native_isa() -> str | None:
     return None if lib is None else lib.BipftXnorIsa().decode()
 
 
+def _gemm(target: str, a: PackedSigns, b: PackedSigns) -> Any:
+    lead = a.signs.shape[:-1]
+    a2 = a.signs.reshape(-1, a.signs.shape[-1])
+    n = b.signs.shape[0]
+    call = jax.ffi.ffi_call(
+        target, jax.ShapeDtypeStruct((a2.shape[0], n), jnp.int32), vmap_method="sequential"
+    )
+    return call(a2, b.signs, k=int(a.k)).reshape(lead + (n,))
+
+
 def xnor_matmul_native(a: PackedSigns, b: PackedSigns, chunk: int = DEFAULT_CHUNK) -> Any:
     """Exact int32 ``a @ b.T`` like :func:`xnor_matmul`, on the native kernel when it applies.
 
@@ -113,11 +131,28 @@ def xnor_matmul_native(a: PackedSigns, b: PackedSigns, chunk: int = DEFAULT_CHUN
         raise ValueError(f"contracting lengths differ: a.k={a.k}, b.k={b.k}")
     if a.mask is not None or b.mask is not None or b.signs.ndim != 2 or _load() is None:
         return xnor_matmul(a, b, chunk)
-    lead = a.signs.shape[:-1]
-    a2 = a.signs.reshape(-1, a.signs.shape[-1])
-    n = b.signs.shape[0]
-    call = jax.ffi.ffi_call(
-        TARGET, jax.ShapeDtypeStruct((a2.shape[0], n), jnp.int32), vmap_method="sequential"
-    )
-    out = call(a2, b.signs, k=int(a.k))
-    return out.reshape(lead + (n,))
+    return _gemm("bipft_xnor_gemm", a, b)
+
+
+def and_matmul_native(u: PackedSigns, b: PackedSigns, chunk: int = DEFAULT_CHUNK) -> Any:
+    """Exact int32 ``u @ b.T`` for unsigned ``u`` like :func:`and_matmul`: ``2 popc(u & s_b) -
+    popc(u)`` on the native kernel when ``b`` is ``[N, Kw]`` with no mask, else on XLA."""
+    if u.k != b.k:
+        raise ValueError(f"contracting lengths differ: u.k={u.k}, b.k={b.k}")
+    if u.mask is not None or b.mask is not None or b.signs.ndim != 2 or _load() is None:
+        return and_matmul(u, b, chunk)
+    return 2 * _gemm("bipft_and_gemm", u, b) - _rowcount(u.signs)[..., None]
+
+
+def sign_pack_native(x: Any) -> PackedSigns:
+    """``pack_matrix(x, with_mask=True)`` of float32 ``x [..., K]`` in one native pass (AVX2
+    compare + movemask); XLA's packing when the kernel is unavailable or ``x`` is not float32."""
+    if x.dtype != jnp.float32 or x.ndim < 1 or x.size == 0 or _load() is None:
+        return pack_matrix(x, with_mask=True)
+    k = x.shape[-1]
+    lead, kw = x.shape[:-1], num_words(k)
+    rows = x.reshape(-1, k)
+    plane = jax.ShapeDtypeStruct((rows.shape[0], kw), jnp.uint32)
+    call = jax.ffi.ffi_call("bipft_sign_pack", (plane, plane), vmap_method="sequential")
+    signs, mask = call(rows)
+    return PackedSigns(signs.reshape(lead + (kw,)), mask.reshape(lead + (kw,)), k)

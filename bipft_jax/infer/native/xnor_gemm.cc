@@ -1,17 +1,20 @@
-// XNOR-popcount GEMM for XLA CPU via the typed FFI:
-//   out[i, j] = k - 2 * popcount(a[i, :] ^ b[j, :])      a: u32[M, Kw], b: u32[N, Kw], out: s32[M, N]
-// Padding bits must be 0 in both operands (see bipft_jax/infer/packing.py).
-// Paths, chosen at run time: AVX-512 VPOPCNTDQ (zmm vpopcntq), AVX2 (vpshufb nibble LUT +
-// vpsadbw), scalar popcnt. Rows of `a` are split across hardware threads.
+// 1-bit GEMMs and sign packing for XLA CPU via the typed FFI (a: u32[M, Kw], b: u32[N, Kw]):
+//   bipft_xnor_gemm:  out[i, j] = k - 2 * popcount(a[i, :] ^ b[j, :])        (s32[M, N])
+//   bipft_and_gemm:   out[i, j] = popcount(a[i, :] & b[j, :])                (s32[M, N])
+//   bipft_sign_pack:  f32[R, K] -> signs u32[R, Kw] (bit = x > 0), mask u32[R, Kw] (bit = x != 0)
+// Padding bits are 0 in every plane (the layout of bipft_jax/infer/packing.py).
+// GEMM paths, chosen at run time: AVX-512 VPOPCNTDQ (zmm vpopcntq), AVX2 (vpshufb nibble LUT +
+// vpsadbw), scalar popcnt. Row chunks are shared by the calling thread and XLA's intra-op pool.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
+#include <functional>
+#include <memory>
 #include <string>
 #include <thread>
-#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -19,24 +22,44 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+enum class Op { kXor, kAnd };
+
 using RowFn = void (*)(const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t, int64_t,
                        int32_t*, int64_t);
 
+template <Op OP>
+inline uint32_t combine(uint32_t a, uint32_t b) {
+  return OP == Op::kXor ? a ^ b : a & b;
+}
+
+// The output of a popcount p: k - 2p (XNOR dot product) or p itself (AND count).
+template <Op OP>
+inline int32_t finish(int64_t p, int64_t k) {
+  return static_cast<int32_t>(OP == Op::kXor ? k - 2 * p : p);
+}
+
 // Scalar popcount of words [w0, kw) of one pair of rows.
+template <Op OP>
 inline int64_t tail_popc(const uint32_t* a, const uint32_t* b, int64_t w0, int64_t kw) {
   int64_t s = 0;
-  for (int64_t w = w0; w < kw; ++w) s += __builtin_popcount(a[w] ^ b[w]);
+  for (int64_t w = w0; w < kw; ++w) s += __builtin_popcount(combine<OP>(a[w], b[w]));
   return s;
 }
 
+template <Op OP>
 void rows_scalar(const uint32_t* a, const uint32_t* b, int64_t i0, int64_t i1, int64_t n,
                  int64_t kw, int32_t* out, int64_t k) {
   for (int64_t i = i0; i < i1; ++i)
     for (int64_t j = 0; j < n; ++j)
-      out[i * n + j] = static_cast<int32_t>(k - 2 * tail_popc(a + i * kw, b + j * kw, 0, kw));
+      out[i * n + j] = finish<OP>(tail_popc<OP>(a + i * kw, b + j * kw, 0, kw), k);
 }
 
 // ---- AVX2: 256-bit vectors of 8 words; byte counts accumulated, flushed with vpsadbw. ----
+template <Op OP>
+__attribute__((target("avx2"))) inline __m256i combine256(__m256i a, __m256i b) {
+  return OP == Op::kXor ? _mm256_xor_si256(a, b) : _mm256_and_si256(a, b);
+}
+
 __attribute__((target("avx2"))) inline __m256i popc_bytes(__m256i v, __m256i lut, __m256i low) {
   __m256i lo = _mm256_and_si256(v, low);
   __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
@@ -53,7 +76,7 @@ __attribute__((target("avx2"))) inline __m256i hsum4(__m256i s0, __m256i s1, __m
 }
 
 // MR rows of a x NR rows of b; each byte lane gains <= 8 per vector, so flush every 31 vectors.
-template <int MR, int NR>
+template <int MR, int NR, Op OP>
 __attribute__((target("avx2"))) inline void block_avx2(const uint32_t* a, const uint32_t* b,
                                                        int64_t kw, int64_t n, int32_t* out,
                                                        int64_t k) {
@@ -79,7 +102,7 @@ __attribute__((target("avx2"))) inline void block_avx2(const uint32_t* a, const 
       for (int c = 0; c < NR; ++c) {
         __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + c * kw + 8 * v));
         for (int r = 0; r < MR; ++r)
-          acc[r][c] = _mm256_add_epi8(acc[r][c], popc_bytes(_mm256_xor_si256(av[r], bv), lut, low));
+          acc[r][c] = _mm256_add_epi8(acc[r][c], popc_bytes(combine256<OP>(av[r], bv), lut, low));
       }
     }
     const __m256i zero = _mm256_setzero_si256();
@@ -95,10 +118,12 @@ __attribute__((target("avx2"))) inline void block_avx2(const uint32_t* a, const 
   }
   if constexpr (NR % 4 == 0) {
     if (8 * nv == kw) {  // no tail words: finish in vector registers, 4 outputs per store
-      const __m256i kk = _mm256_set1_epi64x(k), even = _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0);
+      const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0);
       for (int r = 0; r < MR; ++r)
         for (int g = 0; g < NG; ++g) {
-          __m256i res = _mm256_sub_epi64(kk, _mm256_slli_epi64(tot[r][g], 1));
+          __m256i res = tot[r][g];
+          if constexpr (OP == Op::kXor)
+            res = _mm256_sub_epi64(_mm256_set1_epi64x(k), _mm256_slli_epi64(res, 1));
           res = _mm256_permutevar8x32_epi32(res, even);
           _mm_storeu_si128(reinterpret_cast<__m128i*>(out + r * n + 4 * g),
                            _mm256_castsi256_si128(res));
@@ -110,15 +135,13 @@ __attribute__((target("avx2"))) inline void block_avx2(const uint32_t* a, const 
     alignas(32) int64_t p[4 * NG];
     for (int g = 0; g < NG; ++g) _mm256_store_si256(reinterpret_cast<__m256i*>(p + 4 * g), tot[r][g]);
     if constexpr (NR == 1) p[0] = p[0] + p[1] + p[2] + p[3];
-    for (int c = 0; c < NR; ++c) {
-      const int64_t pc = p[c] + tail_popc(a + r * kw, b + c * kw, 8 * nv, kw);
-      out[r * n + c] = static_cast<int32_t>(k - 2 * pc);
-    }
+    for (int c = 0; c < NR; ++c)
+      out[r * n + c] = finish<OP>(p[c] + tail_popc<OP>(a + r * kw, b + c * kw, 8 * nv, kw), k);
   }
 }
 
 // ---- AVX-512 VPOPCNTDQ: 512-bit vectors of 16 words, 64-bit lane counts. ----
-template <int MR, int NR>
+template <int MR, int NR, Op OP>
 __attribute__((target("avx512f,avx512vpopcntdq"))) inline void block_avx512(
     const uint32_t* a, const uint32_t* b, int64_t kw, int64_t n, int32_t* out, int64_t k) {
   const int64_t nv = kw / 16;
@@ -130,94 +153,208 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) inline void block_avx512(
     for (int r = 0; r < MR; ++r) av[r] = _mm512_loadu_si512(a + r * kw + 16 * v);
     for (int c = 0; c < NR; ++c) {
       __m512i bv = _mm512_loadu_si512(b + c * kw + 16 * v);
-      for (int r = 0; r < MR; ++r)
-        acc[r][c] = _mm512_add_epi64(acc[r][c], _mm512_popcnt_epi64(_mm512_xor_si512(av[r], bv)));
+      for (int r = 0; r < MR; ++r) {
+        __m512i x = OP == Op::kXor ? _mm512_xor_si512(av[r], bv) : _mm512_and_si512(av[r], bv);
+        acc[r][c] = _mm512_add_epi64(acc[r][c], _mm512_popcnt_epi64(x));
+      }
     }
   }
   for (int r = 0; r < MR; ++r)
     for (int c = 0; c < NR; ++c) {
-      int64_t p = _mm512_reduce_add_epi64(acc[r][c]) + tail_popc(a + r * kw, b + c * kw, 16 * nv, kw);
-      out[r * n + c] = static_cast<int32_t>(k - 2 * p);
+      int64_t p = _mm512_reduce_add_epi64(acc[r][c]);
+      out[r * n + c] = finish<OP>(p + tail_popc<OP>(a + r * kw, b + c * kw, 16 * nv, kw), k);
     }
 }
 
 // Rows [i0, i1) of the output: MRxNR register blocks (1-wide edges), with b split into column
 // tiles of about L1_BYTES so a tile stays in L1 while every row block of a passes over it.
 constexpr int64_t L1_BYTES = 16384;
-#define BIPFT_ROWS(NAME, BLOCK, MR, NR)                                                      \
-  void NAME(const uint32_t* a, const uint32_t* b, int64_t i0, int64_t i1, int64_t n,       \
-            int64_t kw, int32_t* out, int64_t k) {                                         \
-    const int64_t nt = std::max<int64_t>(NR, L1_BYTES / (4 * kw + 1) / NR * NR);           \
-    for (int64_t j0 = 0; j0 < n; j0 += nt) {                                               \
-      const int64_t j1 = std::min(n, j0 + nt);                                             \
-      int64_t i = i0;                                                                      \
-      for (; i + MR <= i1; i += MR) {                                                      \
-        const uint32_t* ai = a + i * kw;                                                   \
-        int64_t j = j0;                                                                    \
-        for (; j + NR <= j1; j += NR) BLOCK<MR, NR>(ai, b + j * kw, kw, n, out + i * n + j, k); \
-        for (; j < j1; ++j) BLOCK<MR, 1>(ai, b + j * kw, kw, n, out + i * n + j, k);        \
-      }                                                                                    \
-      for (; i < i1; ++i)                                                                  \
-        for (int64_t j = j0; j < j1; ++j)                                                  \
-          BLOCK<1, 1>(a + i * kw, b + j * kw, kw, n, out + i * n + j, k);                  \
-    }                                                                                      \
+#define BIPFT_ROWS(NAME, TARGET, BLOCK, MR, NR)                                                  \
+  template <Op OP>                                                                             \
+  __attribute__((target(TARGET))) void NAME(const uint32_t* a, const uint32_t* b, int64_t i0,  \
+                                            int64_t i1, int64_t n, int64_t kw, int32_t* out,   \
+                                            int64_t k) {                                       \
+    const int64_t nt = std::max<int64_t>(NR, L1_BYTES / (4 * kw + 1) / NR * NR);               \
+    for (int64_t j0 = 0; j0 < n; j0 += nt) {                                                   \
+      const int64_t j1 = std::min(n, j0 + nt);                                                 \
+      int64_t i = i0;                                                                          \
+      for (; i + MR <= i1; i += MR) {                                                          \
+        const uint32_t* ai = a + i * kw;                                                       \
+        int64_t j = j0;                                                                        \
+        for (; j + NR <= j1; j += NR)                                                          \
+          BLOCK<MR, NR, OP>(ai, b + j * kw, kw, n, out + i * n + j, k);                        \
+        for (; j < j1; ++j) BLOCK<MR, 1, OP>(ai, b + j * kw, kw, n, out + i * n + j, k);       \
+      }                                                                                        \
+      for (; i < i1; ++i)                                                                      \
+        for (int64_t j = j0; j < j1; ++j)                                                      \
+          BLOCK<1, 1, OP>(a + i * kw, b + j * kw, kw, n, out + i * n + j, k);                  \
+    }                                                                                          \
   }
 
-__attribute__((target("avx2"))) BIPFT_ROWS(rows_avx2, block_avx2, 2, 4)
-__attribute__((target("avx512f,avx512vpopcntdq"))) BIPFT_ROWS(rows_avx512, block_avx512, 4, 4)
+BIPFT_ROWS(rows_avx2, "avx2", block_avx2, 2, 4)
+BIPFT_ROWS(rows_avx512, "avx512f,avx512vpopcntdq", block_avx512, 4, 4)
 
-RowFn pick() {
+enum class Isa { kAvx512, kAvx2, kScalar };
+
+Isa pick_isa() {
   const char* force = std::getenv("BIPFT_XNOR_ISA");  // "avx512", "avx2" or "scalar"
   std::string want = force ? force : "";
   __builtin_cpu_init();
   bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
   bool has2 = __builtin_cpu_supports("avx2");
-  if ((want.empty() || want == "avx512") && has512) return rows_avx512;
-  if ((want.empty() || want == "avx2" || want == "avx512") && has2) return rows_avx2;
-  return rows_scalar;
+  if ((want.empty() || want == "avx512") && has512) return Isa::kAvx512;
+  if ((want.empty() || want == "avx2" || want == "avx512") && has2) return Isa::kAvx2;
+  return Isa::kScalar;
 }
 
-ffi::Error XnorGemmImpl(ffi::Buffer<ffi::U32> a, ffi::Buffer<ffi::U32> b,
-                        ffi::ResultBuffer<ffi::S32> out, int64_t k) {
-  auto ad = a.dimensions(), bd = b.dimensions();
-  if (ad.size() != 2 || bd.size() != 2 || ad[1] != bd[1])
-    return ffi::Error::InvalidArgument("bipft_xnor_gemm: expected a[M, Kw] and b[N, Kw]");
-  const int64_t m = ad[0], n = bd[0], kw = ad[1];
-  static const RowFn rows = pick();
-  const int64_t work = m * n * kw;
-  // $BIPFT_XNOR_THREADS caps the threads (1: no thread is spawned per call, which is steadier
-  // on a loaded machine and leaves XLA's own pool the other cores).
-  static const int64_t max_threads = [] {
+const Isa kIsa = pick_isa();
+
+template <Op OP>
+RowFn rows_for_isa() {
+  return kIsa == Isa::kAvx512 ? rows_avx512<OP> : kIsa == Isa::kAvx2 ? rows_avx2<OP>
+                                                                       : rows_scalar<OP>;
+}
+
+// ---- sign packing: 32 floats -> one word per plane. ----
+inline void pack_tail(const float* x, int64_t k, int64_t w0, int64_t kw, uint32_t* s,
+                      uint32_t* m) {
+  for (int64_t w = w0; w < kw; ++w) {
+    uint32_t sw = 0, mw = 0;
+    for (int64_t j = 32 * w; j < std::min(k, 32 * w + 32); ++j) {
+      sw |= uint32_t(x[j] > 0.0f) << (j - 32 * w);
+      mw |= uint32_t(!(x[j] == 0.0f)) << (j - 32 * w);  // NaN counts as nonzero, like x != 0
+    }
+    s[w] = sw, m[w] = mw;
+  }
+}
+
+__attribute__((target("avx2"))) void pack_rows_avx2(const float* x, int64_t r0, int64_t r1,
+                                                    int64_t k, int64_t kw, uint32_t* s,
+                                                    uint32_t* m) {
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * k;
+    int64_t w = 0;
+    for (; 32 * w + 32 <= k; ++w) {
+      uint32_t sw = 0, mw = 0;
+      for (int q = 0; q < 4; ++q) {
+        __m256 v = _mm256_loadu_ps(xr + 32 * w + 8 * q);
+        sw |= uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ))) << (8 * q);
+        mw |= uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ))) << (8 * q);
+      }
+      s[r * kw + w] = sw, m[r * kw + w] = mw;
+    }
+    pack_tail(xr, k, w, kw, s + r * kw, m + r * kw);
+  }
+}
+
+void pack_rows_scalar(const float* x, int64_t r0, int64_t r1, int64_t k, int64_t kw, uint32_t* s,
+                      uint32_t* m) {
+  for (int64_t r = r0; r < r1; ++r) pack_tail(x + r * k, k, 0, kw, s + r * kw, m + r * kw);
+}
+
+// ---- threads ----
+// $BIPFT_XNOR_THREADS caps the threads of one call: the caller plus tasks on XLA's intra-op
+// pool (threads that already exist, so a call spawns none).
+int64_t max_threads() {
+  static const int64_t cap = [] {
     const char* env = std::getenv("BIPFT_XNOR_THREADS");
     int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
     return env ? std::max<int64_t>(1, std::min<int64_t>(hw, std::atoll(env))) : hw;
   }();
-  int64_t threads = max_threads;
-  threads = std::min<int64_t>({threads, m, std::max<int64_t>(1, work / (1 << 16))});
+  return cap;
+}
+
+// Row chunks of one call handed out by an atomic counter to the caller and pool tasks. A task
+// that starts after the caller has taken every chunk finds none and returns, so the caller
+// never waits for a task that has not started (no deadlock when the pool is busy or the call
+// itself runs on a pool thread); shared_ptr keeps the state alive for such late tasks.
+struct Split {
+  std::function<void(int64_t, int64_t)> rows;  // does rows [i0, i1)
+  int64_t m = 0, chunk = 1, chunks = 0;
+  std::atomic<int64_t> next{0}, done{0};
+
+  void work() {
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
+      rows(c * chunk, std::min(m, c * chunk + chunk));
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+// Runs rows(i0, i1) over [0, m) on up to `threads` threads, in chunks of an even row count.
+void parallel_rows(ffi::ThreadPool& pool, int64_t m, int64_t threads,
+                   std::function<void(int64_t, int64_t)> rows) {
+  threads = std::max<int64_t>(1, std::min<int64_t>({threads, max_threads(), pool.num_threads() + 1}));
+  if (threads == 1) return rows(0, m);
+  auto split = std::make_shared<Split>();
+  split->rows = std::move(rows);
+  split->m = m;
+  // ~4 chunks per thread for balance (another process may slow one core).
+  split->chunk = std::max<int64_t>(2, (m + 4 * threads - 1) / (4 * threads) + 1) / 2 * 2;
+  split->chunks = (m + split->chunk - 1) / split->chunk;
+  for (int64_t t = 1; t < std::min(threads, split->chunks); ++t)
+    pool.Schedule([split] { split->work(); });
+  split->work();
+  while (split->done.load(std::memory_order_acquire) < split->chunks) _mm_pause();
+}
+
+template <Op OP>
+ffi::Error GemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> a, ffi::Buffer<ffi::U32> b,
+                    ffi::ResultBuffer<ffi::S32> out, int64_t k) {
+  auto ad = a.dimensions(), bd = b.dimensions();
+  if (ad.size() != 2 || bd.size() != 2 || ad[1] != bd[1])
+    return ffi::Error::InvalidArgument("bipft 1-bit gemm: expected a[M, Kw] and b[N, Kw]");
+  const int64_t m = ad[0], n = bd[0], kw = ad[1];
+  const RowFn rows = rows_for_isa<OP>();
   const uint32_t* ap = a.typed_data();
   const uint32_t* bp = b.typed_data();
   int32_t* op = out->typed_data();
-  const int64_t step = (m + threads - 1) / threads;
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t i0 = t * step, i1 = std::min(m, i0 + step);
-    if (i0 < i1) pool.emplace_back(rows, ap, bp, i0, i1, n, kw, op, k);
-  }
-  rows(ap, bp, 0, std::min(m, step), n, kw, op, k);
-  for (auto& th : pool) th.join();
+  parallel_rows(pool, m, std::min<int64_t>(m, m * n * kw >> 16), [=](int64_t i0, int64_t i1) {
+    rows(ap, bp, i0, i1, n, kw, op, k);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error SignPackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                        ffi::ResultBuffer<ffi::U32> signs, ffi::ResultBuffer<ffi::U32> mask) {
+  auto xd = x.dimensions();
+  auto sd = signs->dimensions();
+  if (xd.size() != 2 || sd.size() != 2 || sd[0] != xd[0] || sd[1] != (xd[1] + 31) / 32)
+    return ffi::Error::InvalidArgument("bipft_sign_pack: expected x[R, K] -> u32[R, ceil(K/32)]");
+  const int64_t r = xd[0], k = xd[1], kw = sd[1];
+  const float* xp = x.typed_data();
+  uint32_t* sp = signs->typed_data();
+  uint32_t* mp = mask->typed_data();
+  const bool avx2 = kIsa != Isa::kScalar;
+  parallel_rows(pool, r, std::min<int64_t>(r, r * k >> 17), [=](int64_t r0, int64_t r1) {
+    if (avx2) return pack_rows_avx2(xp, r0, r1, k, kw, sp, mp);
+    pack_rows_scalar(xp, r0, r1, k, kw, sp, mp);
+  });
   return ffi::Error::Success();
 }
 
 }  // namespace
 
 extern "C" const char* BipftXnorIsa() {
-  RowFn r = pick();
-  return r == rows_avx512 ? "avx512_vpopcntdq" : r == rows_avx2 ? "avx2" : "scalar";
+  return kIsa == Isa::kAvx512 ? "avx512_vpopcntdq" : kIsa == Isa::kAvx2 ? "avx2" : "scalar";
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BipftXnorGemm, XnorGemmImpl,
+#define BIPFT_GEMM_HANDLER(SYMBOL, OP)                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(SYMBOL, GemmImpl<OP>,        \
+                                ffi::Ffi::Bind()             \
+                                    .Ctx<ffi::ThreadPool>()  \
+                                    .Arg<ffi::Buffer<ffi::U32>>() \
+                                    .Arg<ffi::Buffer<ffi::U32>>() \
+                                    .Ret<ffi::Buffer<ffi::S32>>() \
+                                    .Attr<int64_t>("k"));
+
+BIPFT_GEMM_HANDLER(BipftXnorGemm, Op::kXor)
+BIPFT_GEMM_HANDLER(BipftAndGemm, Op::kAnd)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BipftSignPack, SignPackImpl,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<int64_t>("k"));
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::U32>>()
+                                  .Ret<ffi::Buffer<ffi::U32>>());
