@@ -75,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="packed: also binarize the position/token-type tables (changes the model)",
     )
+    p.add_argument(
+        "--compress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="packed: store the float tensors losslessly compressed (byte shuffle + xz; "
+        "default on; the sign words are random bits and stay raw)",
+    )
     return p
 
 
@@ -240,7 +247,7 @@ def _run(args: argparse.Namespace) -> int:
             float16=args.float16,
             all_1bit=args.all_1bit,
         )
-        written = save_packed_model(out, tensors, manifest)
+        written = save_packed_model(out, tensors, manifest, compress=args.compress)
     else:
         from bipft_jax.export.stablehlo import export_inference, save_exported
 

@@ -6,12 +6,21 @@ The manifest (JSON) records ``format`` and ``format_version``, the caller's fiel
 every data file its byte size and SHA-256. Loading checks, in order: the manifest exists and
 parses, the version is known, each data file exists, has the recorded size (else "truncated"),
 and has the recorded checksum (else "corrupt"); then that the tensors match the manifest.
+
+Version 2 adds an optional lossless codec for the float tensors (``compress=True``): their bytes
+are byte-shuffled (all first bytes of the elements, then all second bytes, ...: the sign and
+exponent bytes of similar floats are alike) and stored in one LZMA stream, ``floats.xz``; each
+such tensor's manifest entry gets ``codec`` = ``"shuffle-xz"`` and its ``offset`` and ``nbytes``
+in the decompressed stream. Sign words are random bits and stay uncompressed in the
+safetensors file. Version 1 directories still load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import lzma
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,9 +32,12 @@ from safetensors.numpy import load_file, save_file
 from bipft_jax.infer.packing import PackedSigns, num_words
 
 FORMAT_NAME = "bipft-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 TENSOR_FILE = "tensors.safetensors"
+FLOAT_FILE = "floats.xz"
+CODEC = "shuffle-xz"
 _RESERVED = ("format", "format_version", "files", "tensors")
 
 
@@ -41,17 +53,34 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _shuffle(a: np.ndarray) -> bytes:
+    """Byte planes of ``a``: byte 0 of every element, then byte 1, ..."""
+    return np.ascontiguousarray(a).view(np.uint8).reshape(-1, a.dtype.itemsize).T.tobytes()
+
+
+def _unshuffle(data: bytes, dtype: np.dtype, shape: list[int]) -> np.ndarray:
+    planes = np.frombuffer(data, np.uint8).reshape(dtype.itemsize, -1)
+    return np.ascontiguousarray(planes.T).view(dtype).reshape(shape)
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
 def save_packed(
     path: str | os.PathLike,
     arrays: Mapping[str, np.ndarray],
     manifest: Mapping[str, Any],
     tensor_meta: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    compress: bool = False,
 ) -> Path:
     """Write ``arrays`` and a manifest into directory ``path`` (created; existing files replaced).
 
     ``manifest`` holds JSON-serializable caller fields (``preset``, ``config``, ...); it must not
     use the reserved keys ``format``, ``format_version``, ``files``, ``tensors``. ``tensor_meta``
-    adds per-tensor JSON fields (``role``, ``k``, ...). Returns the directory path.
+    adds per-tensor JSON fields (``role``, ``k``, ...). ``compress`` stores the float tensors
+    losslessly compressed (module docstring). Returns the directory path.
     """
     out = Path(path)
     clash = [k for k in _RESERVED if k in manifest]
@@ -63,22 +92,29 @@ def save_packed(
         raise ValueError(f"tensor_meta names tensors that are not in arrays: {unknown}")
     out.mkdir(parents=True, exist_ok=True)
     host = {name: np.asarray(a).copy(order="C") for name, a in arrays.items()}
-    save_file(host, str(out / TENSOR_FILE))
     tensors = {
         name: {"shape": list(a.shape), "dtype": a.dtype.name, **dict(tensor_meta.get(name, {}))}
         for name, a in sorted(host.items())
     }
+    packed = [n for n in sorted(host) if compress and host[n].dtype.kind == "f"]
+    offset, chunks = 0, []
+    for name in packed:
+        chunks.append(_shuffle(host.pop(name)))
+        tensors[name].update(codec=CODEC, offset=offset, nbytes=len(chunks[-1]))
+        offset += len(chunks[-1])
+    for stale in (TENSOR_FILE, FLOAT_FILE):
+        (out / stale).unlink(missing_ok=True)
+    save_file(host, str(out / TENSOR_FILE))
+    files = {TENSOR_FILE: _file_record(out / TENSOR_FILE)}
+    if packed:
+        (out / FLOAT_FILE).write_bytes(lzma.compress(b"".join(chunks), preset=9))
+        files[FLOAT_FILE] = _file_record(out / FLOAT_FILE)
     body = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         **dict(manifest),
         "tensors": tensors,
-        "files": {
-            TENSOR_FILE: {
-                "bytes": (out / TENSOR_FILE).stat().st_size,
-                "sha256": _sha256(out / TENSOR_FILE),
-            }
-        },
+        "files": files,
     }
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
@@ -100,9 +136,9 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(body, dict) or body.get("format") != FORMAT_NAME:
         raise PackedFormatError(f"{mpath} is not a {FORMAT_NAME} manifest")
     version = body.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise PackedFormatError(
-            f"{mpath}: unknown format_version {version!r} (this code reads {FORMAT_VERSION})"
+            f"{mpath}: unknown format_version {version!r} (this code reads {READABLE_VERSIONS})"
         )
     for key in ("files", "tensors"):
         if not isinstance(body.get(key), dict):
@@ -136,6 +172,7 @@ def load_packed(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
         arrays = load_file(str(f))
     except Exception as e:  # safetensors raises its own error types
         raise PackedFormatError(f"cannot parse {f}: {e}") from e
+    arrays.update(_decompress_floats(Path(path), body))
     if set(arrays) != set(body["tensors"]):
         raise PackedFormatError(
             f"{f}: tensors {sorted(arrays)} do not match the manifest {sorted(body['tensors'])}"
@@ -148,6 +185,29 @@ def load_packed(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
                 f"{rec['dtype']}{rec['shape']}"
             )
     return arrays, body
+
+
+def _decompress_floats(path: Path, body: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The tensors stored with the ``shuffle-xz`` codec (files already verified)."""
+    coded = {n: r for n, r in body["tensors"].items() if r.get("codec") is not None}
+    if not coded:
+        return {}
+    f = path / FLOAT_FILE
+    if FLOAT_FILE not in body["files"]:
+        raise PackedFormatError(f"{path / MANIFEST}: compressed tensors but no '{FLOAT_FILE}'")
+    try:
+        data = lzma.decompress(f.read_bytes())
+    except lzma.LZMAError as e:
+        raise PackedFormatError(f"cannot decompress {f}: {e}") from e
+    out = {}
+    for name, rec in coded.items():
+        if rec["codec"] != CODEC:
+            raise PackedFormatError(f"{f}: tensor {name!r} has unknown codec {rec['codec']!r}")
+        dtype, start, size = np.dtype(rec["dtype"]), int(rec["offset"]), int(rec["nbytes"])
+        if size != dtype.itemsize * math.prod(rec["shape"]) or start + size > len(data):
+            raise PackedFormatError(f"{f}: tensor {name!r} does not fit the decompressed bytes")
+        out[name] = _unshuffle(data[start : start + size], dtype, rec["shape"])
+    return out
 
 
 def packed_size_bytes(source: str | os.PathLike | Mapping[str, np.ndarray]) -> int:

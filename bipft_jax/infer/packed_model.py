@@ -254,15 +254,20 @@ def packed_bytes_estimate(
 
 
 def save_packed_model(
-    path: str | os.PathLike, tensors: Mapping[str, np.ndarray], manifest: Mapping[str, Any]
+    path: str | os.PathLike,
+    tensors: Mapping[str, np.ndarray],
+    manifest: Mapping[str, Any],
+    *,
+    compress: bool = False,
 ) -> Path:
-    """Write the output of :func:`pack_model` with the versioned container (manifest + sha256)."""
+    """Write the output of :func:`pack_model` with the versioned container (manifest + sha256);
+    ``compress`` stores the float tensors losslessly compressed (``fileformat``)."""
     body = {k: v for k, v in manifest.items() if k != "tensors"}
     meta = {
         n: {k: v for k, v in rec.items() if k not in ("shape", "dtype")}
         for n, rec in manifest["tensors"].items()
     }
-    return save_packed(path, tensors, body, meta)
+    return save_packed(path, tensors, body, meta, compress=compress)
 
 
 @jax.tree_util.register_dataclass

@@ -24,10 +24,19 @@ def test_cli_writes_packed_model(tmp_path):
     assert loaded.head == "classification" and loaded.num_labels == 3
     on_disk, manifest = load_packed(out)
     tensors, want = pack_model(params, config, float16="pos_type")
-    assert manifest["preset"] == "bipft" and manifest["tensors"] == want["tensors"]
+    codec = ("codec", "offset", "nbytes")  # the default --compress stores floats with a codec
+    stored = {
+        n: {k: v for k, v in r.items() if k not in codec} for n, r in manifest["tensors"].items()
+    }
+    assert manifest["preset"] == "bipft" and stored == want["tensors"]
+    coded = {n for n, r in manifest["tensors"].items() if "codec" in r}
+    assert coded == {n for n, t in tensors.items() if t.dtype.kind == "f"}
     assert set(on_disk) == set(tensors)
     for name, value in tensors.items():
         np.testing.assert_array_equal(on_disk[name], value)
+    raw = tmp_path / "raw"
+    assert main([*argv, *SETS, "--float16", "pos_type", "--no-compress", "--out", str(raw)]) == 0
+    assert (out / "floats.xz").is_file() and not (raw / "floats.xz").exists()
 
 
 def test_cli_rejects_fp_preset(tmp_path, capsys):
