@@ -16,7 +16,6 @@ holds `params`), `--params FILE` (`.msgpack` from `flax.serialization` or `.safe
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -85,25 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _overrides(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise CliError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
-
 def _preset_config(args: argparse.Namespace) -> Any:
-    from bipft_jax.model.presets import get_model_config
+    from bipft_jax.model.presets import get_model_config, parse_overrides
 
     if not args.preset or not args.size:
         raise CliError("--preset and --size are required with --checkpoint/--params")
-    return get_model_config(args.preset, args.size, **_overrides(args.set))
+    return get_model_config(args.preset, args.size, **parse_overrides(args.set))
 
 
 def _params_from_state(state: Any, where: str) -> Any:

@@ -7,8 +7,10 @@ size, method and overrides into a validated `BertConfig`.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,30 @@ def get_model_config_dict(method: str, size: str, **overrides: Any) -> ml_collec
             else:
                 _set_dotted(cfg, key, value)
     return cfg
+
+
+_JSON_WORDS = {"true": True, "false": False, "null": None}
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (a CLI's ``--set``) as ``get_model_config`` overrides.
+
+    VALUE is a Python literal (``4``, ``1e-5``, ``True``, ``(1, 2)``, ``{'rank': 2}``); JSON's
+    ``true``/``false``/``null`` are accepted too; anything else is a bare string (``relu``).
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        if raw.strip() in _JSON_WORDS:
+            out[key] = _JSON_WORDS[raw.strip()]
+            continue
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out
 
 
 def get_model_config(method: str, size: str, **overrides: Any) -> BertConfig:

@@ -15,7 +15,6 @@ Conventions (methods.md §7, performance.md §4):
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import math
@@ -28,7 +27,7 @@ from flax import traverse_util
 
 from bipft_jax.model.bert import BertModel
 from bipft_jax.model.config import BertConfig, QuantSpec
-from bipft_jax.model.presets import METHODS, SIZES, get_model_config
+from bipft_jax.model.presets import METHODS, SIZES, get_model_config, parse_overrides
 
 MIB = 2**20
 ESTIMATORS = ("q_p", "k_p", "q_m", "k_m", "v_p")
@@ -195,19 +194,6 @@ def flops_report(config: BertConfig, seq: int = 128) -> dict[str, Any]:
     }
 
 
-def _parse_overrides(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value  # a bare string such as bfloat16 or relu
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bipft stats", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="bipft", choices=METHODS)
@@ -223,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        config = get_model_config(args.preset, args.size, **_parse_overrides(args.set))
+        config = get_model_config(args.preset, args.size, **parse_overrides(args.set))
     except ValueError as e:
         parser.error(str(e))
     result = {

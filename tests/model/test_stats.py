@@ -65,3 +65,16 @@ def test_cli_main_text_and_json(capsys):
     with pytest.raises(SystemExit):  # unknown key -> argparse error naming it
         stats.main(["--size", "tiny", "--set", "quant.estimators.rnk=3"])
     assert "rnk" in capsys.readouterr().err
+
+
+def test_parse_overrides_one_syntax_for_every_cli():
+    from bipft_jax.model.presets import parse_overrides
+
+    got = parse_overrides(
+        ["num_layers=3", "layer_norm_eps=1e-5", "a=True", "b=true", "c=null", "d=(1, 2)", "e=relu"]
+    )
+    assert got == dict(
+        num_layers=3, layer_norm_eps=1e-5, a=True, b=True, c=None, d=(1, 2), e="relu"
+    )
+    with pytest.raises(ValueError, match="--set expects KEY=VALUE, got 'num_layers'"):
+        parse_overrides(["num_layers"])
