@@ -53,6 +53,12 @@ def _pack(x: Array, kernel: str) -> PackedSigns:
     return pack_matrix(x, with_mask=True)
 
 
+def _has_zero(p: PackedSigns) -> Array:
+    """Whether a tensor packed with its mask plane has an exact zero (reads the mask words)."""
+    full = jnp.asarray(pack_bits(np.ones(p.k, bool)))  # mask words of a zero-free row
+    return jnp.any(p.mask != full)
+
+
 def signed_matmul(
     a: Array, b: Array | PackedSigns, kernel: str = "xla", chunk: int = DEFAULT_CHUNK
 ) -> Array:
@@ -66,12 +72,11 @@ def signed_matmul(
     the ``jax.ffi`` kernels where they apply.
     """
     pa = _pack(a, kernel)
-    full = jnp.asarray(pack_bits(np.ones(pa.k, bool)))  # mask words of a zero-free row
-    zero = jnp.any(pa.mask != full)
+    zero = _has_zero(pa)
     weight_mask = isinstance(b, PackedSigns) and b.mask is not None  # a weight with zeros
     if not isinstance(b, PackedSigns):
         b = _pack(b, kernel)
-        zero = zero | jnp.any(b.mask != full)
+        zero = zero | _has_zero(b)
 
     def one_plane(pa: PackedSigns, pb: PackedSigns) -> Array:
         pa = PackedSigns(pa.signs, None, pa.k)
@@ -93,21 +98,20 @@ def unsigned_matmul(
     """Exact int32 ``u @ sign(b).T`` for ``u`` in {0, 1} (float ``[..., M, K]``); ``b`` and
     ``kernel`` as in :func:`signed_matmul`."""
     if kernel == "native":
-        from bipft_jax.infer.native import and_matmul_native
+        from bipft_jax.infer.native import and_matmul_native as matmul
 
         pu = PackedSigns(_pack(u, kernel).signs, None, u.shape[-1])
-        if isinstance(b, PackedSigns):
-            return and_matmul_native(pu, b, chunk)
     else:
-        pu = pack_matrix(u, with_mask=False)
-        if isinstance(b, PackedSigns):
-            return and_matmul(pu, b, chunk)
+        matmul, pu = and_matmul, pack_matrix(u, with_mask=False)
+    if isinstance(b, PackedSigns):
+        return matmul(pu, b, chunk)
+    pb = _pack(b, kernel)
     return lax.cond(
-        jnp.any(b == 0),
-        lambda pu, b: and_matmul(pu, pack_matrix(b, with_mask=True), chunk),
-        lambda pu, b: and_matmul(pu, pack_matrix(b, with_mask=False), chunk),
+        _has_zero(pb),
+        lambda pu, pb: and_matmul(pu, pb, chunk),
+        lambda pu, pb: matmul(pu, PackedSigns(pb.signs, None, pb.k), chunk),
         pu,
-        b,
+        pb,
     )
 
 

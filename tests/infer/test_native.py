@@ -85,6 +85,22 @@ def test_sign_pack_matches_xla_packing(shape):
 
 
 @needs_cxx
+@pytest.mark.parametrize("k", [20, 32, 64, 100, 128, 500])  # 1, 2 and 4 words: short-row path
+@pytest.mark.parametrize("n", [13, 64])  # 13: columns left over after full vectors
+def test_per_batch_operands_match_numpy(k, n):
+    """Attention-style products: ``a [B, H, M, Kw]`` against ``b [B, H, N, Kw]``."""
+    rng = np.random.default_rng(k + n)
+    a, b = _pm1(rng, (2, 3, 17, k)), _pm1(rng, (2, 3, n, k))
+    u = (rng.random((2, 3, 17, k)) < 0.5).astype(np.float32)
+    pa, pb = pack_matrix(a), pack_matrix(b)
+    assert "bipft_xnor_gemm" in str(jax.make_jaxpr(native.xnor_matmul_native)(pa, pb))
+    got = jax.jit(native.xnor_matmul_native)(pa, pb)
+    np.testing.assert_array_equal(np.asarray(got), np.einsum("bhmk,bhnk->bhmn", a, b))
+    got = jax.jit(native.and_matmul_native)(pack_matrix(u, with_mask=False), pb)
+    np.testing.assert_array_equal(np.asarray(got), np.einsum("bhmk,bhnk->bhmn", u, b))
+
+
+@needs_cxx
 def test_native_batched_and_binary_linear():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 6, 100)).astype(np.float32)

@@ -110,36 +110,45 @@ def native_isa() -> str | None:
     return None if lib is None else lib.BipftXnorIsa().decode()
 
 
+def _native_shapes(a: PackedSigns, b: PackedSigns) -> bool:
+    """Whether the native GEMM takes these operands: no mask planes, ``a [..., M, Kw]`` against
+    one ``b [N, Kw]`` or a ``b [..., N, Kw]`` with the same leading dims."""
+    if a.mask is not None or b.mask is not None or a.signs.ndim < 2 or b.signs.ndim < 2:
+        return False
+    same_lead = b.signs.shape[:-2] == a.signs.shape[:-2]
+    return (b.signs.ndim == 2 or same_lead) and _load() is not None
+
+
 def _gemm(target: str, a: PackedSigns, b: PackedSigns) -> Any:
-    lead = a.signs.shape[:-1]
-    a2 = a.signs.reshape(-1, a.signs.shape[-1])
-    n = b.signs.shape[0]
-    call = jax.ffi.ffi_call(
-        target, jax.ShapeDtypeStruct((a2.shape[0], n), jnp.int32), vmap_method="sequential"
-    )
-    return call(a2, b.signs, k=int(a.k)).reshape(lead + (n,))
+    lead, (m, kw), n = a.signs.shape[:-2], a.signs.shape[-2:], b.signs.shape[-2]
+    a3 = a.signs.reshape(-1, m, kw)
+    b_ = b.signs if b.signs.ndim == 2 else b.signs.reshape(-1, n, kw)
+    out = jax.ShapeDtypeStruct((a3.shape[0], m, n), jnp.int32)
+    call = jax.ffi.ffi_call(target, out, vmap_method="sequential")
+    return call(a3, b_, k=int(a.k)).reshape(lead + (m, n))
 
 
 def xnor_matmul_native(a: PackedSigns, b: PackedSigns, chunk: int = DEFAULT_CHUNK) -> Any:
     """Exact int32 ``a @ b.T`` like :func:`xnor_matmul`, on the native kernel when it applies.
 
-    The native path covers the one-plane case (no mask planes) with ``b`` of shape ``[N, Kw]``
-    and ``a`` of shape ``[..., M, Kw]``; anything else, or no compiler, uses the XLA kernel
-    (``chunk`` is passed to it).
+    The native path covers the one-plane case (no mask planes) with ``a`` of shape
+    ``[..., M, Kw]`` and ``b`` of shape ``[N, Kw]`` or ``[..., N, Kw]`` (the same leading dims,
+    e.g. attention heads); anything else, or no compiler, uses the XLA kernel (``chunk`` is
+    passed to it).
     """
     if a.k != b.k:
         raise ValueError(f"contracting lengths differ: a.k={a.k}, b.k={b.k}")
-    if a.mask is not None or b.mask is not None or b.signs.ndim != 2 or _load() is None:
+    if not _native_shapes(a, b):
         return xnor_matmul(a, b, chunk)
     return _gemm("bipft_xnor_gemm", a, b)
 
 
 def and_matmul_native(u: PackedSigns, b: PackedSigns, chunk: int = DEFAULT_CHUNK) -> Any:
     """Exact int32 ``u @ b.T`` for unsigned ``u`` like :func:`and_matmul`: ``2 popc(u & s_b) -
-    popc(u)`` on the native kernel when ``b`` is ``[N, Kw]`` with no mask, else on XLA."""
+    popc(u)`` on the native kernel for the shapes :func:`xnor_matmul_native` takes, else on XLA."""
     if u.k != b.k:
         raise ValueError(f"contracting lengths differ: u.k={u.k}, b.k={b.k}")
-    if u.mask is not None or b.mask is not None or b.signs.ndim != 2 or _load() is None:
+    if not _native_shapes(u, b):
         return and_matmul(u, b, chunk)
     return 2 * _gemm("bipft_and_gemm", u, b) - _rowcount(u.signs)[..., None]
 

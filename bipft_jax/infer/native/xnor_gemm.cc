@@ -1,6 +1,7 @@
-// 1-bit GEMMs and sign packing for XLA CPU via the typed FFI (a: u32[M, Kw], b: u32[N, Kw]):
-//   bipft_xnor_gemm:  out[i, j] = k - 2 * popcount(a[i, :] ^ b[j, :])        (s32[M, N])
-//   bipft_and_gemm:   out[i, j] = popcount(a[i, :] & b[j, :])                (s32[M, N])
+// 1-bit GEMMs and sign packing for XLA CPU via the typed FFI (a: u32[B, M, Kw], b: u32[N, Kw]
+// shared by every batch, or u32[B, N, Kw]):
+//   bipft_xnor_gemm:  out[t, i, j] = k - 2 * popcount(a[t, i, :] ^ b[(t,) j, :])   (s32[B, M, N])
+//   bipft_and_gemm:   out[t, i, j] = popcount(a[t, i, :] & b[(t,) j, :])          (s32[B, M, N])
 //   bipft_sign_pack:  f32[R, K] -> signs u32[R, Kw] (bit = x > 0), mask u32[R, Kw] (bit = x != 0)
 // Padding bits are 0 in every plane (the layout of bipft_jax/infer/packing.py).
 // GEMM paths, chosen at run time: AVX-512 VPOPCNTDQ (zmm vpopcntq), AVX2 (vpshufb nibble LUT +
@@ -11,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -77,7 +79,7 @@ __attribute__((target("avx2"))) inline __m256i hsum4(__m256i s0, __m256i s1, __m
 
 // MR rows of a x NR rows of b; each byte lane gains <= 8 per vector, so flush every 31 vectors.
 template <int MR, int NR, Op OP>
-__attribute__((target("avx2"))) inline void block_avx2(const uint32_t* a, const uint32_t* b,
+__attribute__((target("avx2,popcnt"))) inline void block_avx2(const uint32_t* a, const uint32_t* b,
                                                        int64_t kw, int64_t n, int32_t* out,
                                                        int64_t k) {
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2,
@@ -142,7 +144,7 @@ __attribute__((target("avx2"))) inline void block_avx2(const uint32_t* a, const 
 
 // ---- AVX-512 VPOPCNTDQ: 512-bit vectors of 16 words, 64-bit lane counts. ----
 template <int MR, int NR, Op OP>
-__attribute__((target("avx512f,avx512vpopcntdq"))) inline void block_avx512(
+__attribute__((target("avx512f,avx512vpopcntdq,popcnt"))) inline void block_avx512(
     const uint32_t* a, const uint32_t* b, int64_t kw, int64_t n, int32_t* out, int64_t k) {
   const int64_t nv = kw / 16;
   __m512i acc[MR][NR];
@@ -191,8 +193,56 @@ constexpr int64_t L1_BYTES = 16384;
     }                                                                                          \
   }
 
-BIPFT_ROWS(rows_avx2, "avx2", block_avx2, 2, 4)
-BIPFT_ROWS(rows_avx512, "avx512f,avx512vpopcntdq", block_avx512, 4, 4)
+BIPFT_ROWS(rows_avx2, "avx2,popcnt", block_avx2, 2, 4)
+BIPFT_ROWS(rows_avx512, "avx512f,avx512vpopcntdq,popcnt", block_avx512, 4, 4)
+
+// Short rows (Kw = L in {1, 2, 4} words, e.g. attention's head dim 64 or 128 keys): one vector
+// holds R = 8 / L rows of b against one row of a broadcast to every lane, so no lane is idle.
+template <int L>
+__attribute__((target("avx2"))) inline __m256i broadcast_row(const uint32_t* a) {
+  if constexpr (L == 1) return _mm256_set1_epi32(static_cast<int>(a[0]));
+  if constexpr (L == 2) {
+    int64_t v;
+    std::memcpy(&v, a, 8);
+    return _mm256_set1_epi64x(v);
+  }
+  return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a)));
+}
+
+template <int L, Op OP>
+__attribute__((target("avx2,popcnt"))) void rows_short_avx2(const uint32_t* a, const uint32_t* b,
+                                                            int64_t i0, int64_t i1, int64_t n,
+                                                            int64_t kw, int32_t* out, int64_t k) {
+  constexpr int R = 8 / L;
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2,
+                                       1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i kk = _mm256_set1_epi32(static_cast<int>(k));
+  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0);
+  for (int64_t i = i0; i < i1; ++i) {
+    const __m256i av = broadcast_row<L>(a + i * L);
+    int32_t* o = out + i * n;
+    int64_t j = 0;
+    for (; j + R <= n; j += R) {
+      __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + j * L));
+      __m256i c = popc_bytes(combine256<OP>(av, bv), lut, low);
+      __m256i p;  // 32-bit counts, one per row of b, in lanes 0..R-1
+      if constexpr (L == 1) {
+        p = _mm256_madd_epi16(_mm256_maddubs_epi16(c, _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
+      } else {
+        __m256i q = _mm256_sad_epu8(c, _mm256_setzero_si256());  // 4 x u64
+        if constexpr (L == 4) q = _mm256_add_epi64(q, _mm256_shuffle_epi32(q, 0x4E));
+        if constexpr (L == 4) q = _mm256_permute4x64_epi64(q, 0x08);  // lanes 0, 2 -> 0, 1
+        p = _mm256_permutevar8x32_epi32(q, even);
+      }
+      if constexpr (OP == Op::kXor) p = _mm256_sub_epi32(kk, _mm256_slli_epi32(p, 1));
+      if constexpr (R == 8) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j), p);
+      if constexpr (R == 4) _mm_storeu_si128(reinterpret_cast<__m128i*>(o + j), _mm256_castsi256_si128(p));
+      if constexpr (R == 2) _mm_storel_epi64(reinterpret_cast<__m128i*>(o + j), _mm256_castsi256_si128(p));
+    }
+    for (; j < n; ++j) o[j] = finish<OP>(tail_popc<OP>(a + i * L, b + j * L, 0, L), k);
+  }
+}
 
 enum class Isa { kAvx512, kAvx2, kScalar };
 
@@ -210,7 +260,10 @@ Isa pick_isa() {
 const Isa kIsa = pick_isa();
 
 template <Op OP>
-RowFn rows_for_isa() {
+RowFn rows_for(int64_t kw) {
+  if (kIsa != Isa::kScalar && (kw == 1 || kw == 2 || kw == 4))
+    return kw == 1 ? rows_short_avx2<1, OP> : kw == 2 ? rows_short_avx2<2, OP>
+                                                      : rows_short_avx2<4, OP>;
   return kIsa == Isa::kAvx512 ? rows_avx512<OP> : kIsa == Isa::kAvx2 ? rows_avx2<OP>
                                                                        : rows_scalar<OP>;
 }
@@ -299,19 +352,29 @@ void parallel_rows(ffi::ThreadPool& pool, int64_t m, int64_t threads,
   while (split->done.load(std::memory_order_acquire) < split->chunks) _mm_pause();
 }
 
+// a: [B, M, Kw] against b: [N, Kw] (one b for every batch) or [B, N, Kw] -> out: [B, M, N].
 template <Op OP>
 ffi::Error GemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> a, ffi::Buffer<ffi::U32> b,
                     ffi::ResultBuffer<ffi::S32> out, int64_t k) {
   auto ad = a.dimensions(), bd = b.dimensions();
-  if (ad.size() != 2 || bd.size() != 2 || ad[1] != bd[1])
-    return ffi::Error::InvalidArgument("bipft 1-bit gemm: expected a[M, Kw] and b[N, Kw]");
-  const int64_t m = ad[0], n = bd[0], kw = ad[1];
-  const RowFn rows = rows_for_isa<OP>();
+  const bool shared_b = bd.size() == 2;
+  if (ad.size() != 3 || (!shared_b && (bd.size() != 3 || bd[0] != ad[0])) ||
+      ad[2] != bd[bd.size() - 1])
+    return ffi::Error::InvalidArgument(
+        "bipft 1-bit gemm: expected a[B, M, Kw] and b[N, Kw] or b[B, N, Kw]");
+  const int64_t batch = ad[0], m = ad[1], kw = ad[2], n = bd[bd.size() - 2];
+  const RowFn rows = rows_for<OP>(kw);
   const uint32_t* ap = a.typed_data();
   const uint32_t* bp = b.typed_data();
   int32_t* op = out->typed_data();
-  parallel_rows(pool, m, std::min<int64_t>(m, m * n * kw >> 16), [=](int64_t i0, int64_t i1) {
-    rows(ap, bp, i0, i1, n, kw, op, k);
+  const int64_t total = batch * m;  // rows over every batch, split without crossing batches
+  const int64_t work = total * n * std::max<int64_t>(kw, 4);
+  parallel_rows(pool, total, std::min<int64_t>(total, work >> 16), [=](int64_t g0, int64_t g1) {
+    while (g0 < g1) {
+      const int64_t t = g0 / m, i0 = g0 % m, i1 = std::min(m, i0 + (g1 - g0));
+      rows(ap + t * m * kw, bp + (shared_b ? 0 : t * n * kw), i0, i1, n, kw, op + t * m * n, k);
+      g0 += i1 - i0;
+    }
   });
   return ffi::Error::Success();
 }
