@@ -3,8 +3,9 @@
 * :mod:`.packing` — ``pack_signs``/``unpack_signs``, ``PackedSigns`` (sign plane + optional
   nonzero-mask plane, so ``sign(0) = 0`` stays exact), ``pack_matrix``.
 * :mod:`.xnor` — ``xnor_matmul``, ``and_matmul``, ``binary_linear`` (pure XLA, chunked K).
-* :mod:`.native` — the same signed product as a ``jax.ffi`` C++ CPU kernel, built on first use.
-* :mod:`.fileformat` — ``save_packed``/``load_packed``/``packed_size_bytes``.
+* :mod:`.native` — ``jax.ffi`` C++ CPU kernels (XNOR/AND GEMMs, sign packing), built on first use.
+* :mod:`.fileformat` — ``save_packed``/``load_packed``/``packed_size_bytes`` (optional lossless
+  float codec).
 * :mod:`.packed_model` — ``pack_model``/``save_packed_model``/``load_packed_model`` (a whole
   binary BERT as one packed file), ``packed_bytes_estimate``; :mod:`.packed_forward` —
   ``packed_forward`` (its logits equal the fake-quant forward). Import them from their modules.

@@ -41,7 +41,7 @@ from bipft_jax.model.layers import activation
 from bipft_jax.quant import ALPHA_MIN, ActQuant
 
 Array = Any
-KERNELS = ("xla", "native")
+KERNELS = ("auto", "xla", "native")
 
 
 def _pack(x: Array, kernel: str) -> PackedSigns:
@@ -121,6 +121,10 @@ class _Ctx:
     def __init__(self, model: PackedModel, kernel: str, chunk: int):
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if kernel == "auto":
+            from bipft_jax.infer.native import native_available
+
+            kernel = "native" if native_available() else "xla"
         self.t, self.cfg, self.kernel, self.chunk = model.tensors, model.config, kernel, chunk
 
     def signed(self, a: Array, b: Array | PackedSigns) -> Array:
@@ -243,7 +247,7 @@ def packed_encoder_layer(
     bias: Array,
     index: int,
     *,
-    kernel: str = "xla",
+    kernel: str = "auto",
     chunk: int = DEFAULT_CHUNK,
 ) -> Array:
     """Encoder layer ``index`` of ``model`` on hidden states ``h`` [B, L, H] with the additive
@@ -258,14 +262,15 @@ def packed_forward(
     token_type_ids: Array | None = None,
     position_ids: Array | None = None,
     *,
-    kernel: str = "xla",
+    kernel: str = "auto",
     chunk: int = DEFAULT_CHUNK,
 ) -> dict[str, Array]:
     """Logits of a packed model, as the fake-quant model's ``apply`` (deterministic) returns:
     ``last_hidden_state``, ``pooled`` and per head ``mlm_logits``/``nsp_logits`` or ``logits``.
 
-    ``kernel="native"`` runs mask-free signed products on the ``jax.ffi`` CPU kernel (falls back
-    to XLA where it does not apply). Jit it with ``static_argnames=("kernel", "chunk")``.
+    ``kernel``: ``"native"`` packs and multiplies on the ``jax.ffi`` CPU kernels where they apply
+    (XLA elsewhere), ``"xla"`` uses XLA ops only, ``"auto"`` (default) is native when the kernels
+    build on this machine. Jit it with ``static_argnames=("kernel", "chunk")``.
     """
     ctx, cfg, p = _Ctx(model, kernel, chunk), model.config, model.prefix
     b, length = input_ids.shape

@@ -115,8 +115,12 @@ def test_native_kernel_gives_the_same_logits():
     _, params = init_params(config, "classification", seed=5)
     packed = PackedModel.from_tensors(*pack_model(params, config))
     batch = _batch()
-    xla, native = forward(packed, **batch), forward(packed, **batch, kernel="native")
-    np.testing.assert_array_equal(np.asarray(native["logits"]), np.asarray(xla["logits"]))
+    xla = forward(packed, **batch, kernel="xla")
+    for kernel in ("native", "auto"):  # auto: native when the kernels build (they do here)
+        got = forward(packed, **batch, kernel=kernel)
+        np.testing.assert_array_equal(np.asarray(got["logits"]), np.asarray(xla["logits"]))
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        forward(packed, **batch, kernel="gpu")
 
 
 def test_popcount_products_equal_float_dot_of_unpacked_values():
