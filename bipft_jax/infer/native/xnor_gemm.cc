@@ -184,7 +184,7 @@ __attribute__((target("avx2,popcnt"))) void rows_avx2(const uint32_t* a, const u
 
 // ---- AVX-512 VPOPCNTDQ: 512-bit vectors of 16 words, 64-bit lane counts. ----
 template <int MR, int NR, Op OP>
-__attribute__((target("avx512f,avx512vpopcntdq,popcnt"))) inline void block_avx512(
+__attribute__((target("avx512f,avx512vpopcntdq,popcnt"), always_inline)) inline void block_avx512(
     const uint32_t* a, const uint32_t* b, int64_t kw, int64_t n, int32_t* out, int64_t k) {
   const int64_t nv = kw / 16;
   __m512i acc[MR][NR];
