@@ -211,18 +211,15 @@ class _Ctx:
         return self.layer_norm(out + h, f"{name}/output/LayerNorm")
 
     def residual_polynomial(self, h: Array, name: str) -> Array:
-        """BiPFT ``m_q r_kᵀ + r_q m_kᵀ + r_q r_kᵀ`` as [B, groups, L, L] (float), computed as one
-        rank-2r product ``[m_q, r_q] [r_k, m_k + r_k]ᵀ`` after one fused projection of ``h``."""
+        """BiPFT ``m_q r_kᵀ + r_q m_kᵀ + r_q r_kᵀ`` as [B, groups, L, L] (float)."""
         est, (b, length, _) = self.cfg.quant.estimators, h.shape
         groups = self.cfg.num_heads if est.per_head else 1
-        names = [f"{name}/{n}" for n in ("q_p", "k_p", "q_m", "k_m")]
-        kernel = jnp.concatenate([self.t[f"{n}/kernel"] for n in names], axis=-1)
-        bias = jnp.concatenate([self.t[f"{n}/bias"] for n in names], axis=-1)
-        proj = (h @ kernel + bias).reshape(b, length, 4, groups, est.rank)
-        r_q, r_k, m_q, m_k = (proj[:, :, i] for i in range(4))
-        left = jnp.concatenate([m_q, r_q], axis=-1)
-        right = jnp.concatenate([r_k, m_k + r_k], axis=-1)
-        return jnp.einsum("bqgr,bkgr->bgqk", left, right)
+        r_q, r_k, m_q, m_k = (
+            self.dense(h, f"{name}/{n}").reshape(b, length, groups, est.rank)
+            for n in ("q_p", "k_p", "q_m", "k_m")
+        )
+        outer = lambda a, c: jnp.einsum("bqgr,bkgr->bgqk", a, c)
+        return outer(m_q, r_k) + outer(r_q, m_k) + outer(r_q, r_k)
 
     def layer(self, h: Array, bias: Array, name: str) -> Array:
         q = self.cfg.quant
