@@ -63,6 +63,12 @@ __attribute__((target("avx2"))) inline __m256i combine256(__m256i a, __m256i b) 
   return OP == Op::kXor ? _mm256_xor_si256(a, b) : _mm256_and_si256(a, b);
 }
 
+// Popcount of each nibble value 0..15, in both 128-bit lanes (the vpshufb table).
+__attribute__((target("avx2"))) inline __m256i nibble_popcounts() {
+  return _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1,
+                          2, 2, 3, 2, 3, 3, 4);
+}
+
 __attribute__((target("avx2"))) inline __m256i popc_bytes(__m256i v, __m256i lut, __m256i low) {
   __m256i lo = _mm256_and_si256(v, low);
   __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
@@ -103,8 +109,7 @@ __attribute__((target("avx2,popcnt"), always_inline)) inline void block_avx2(
     const uint32_t* a, const uint32_t* b, const __m256i* bn, int64_t kw, int32_t* out, int64_t k) {
   static_assert(NR == 1 || NR % 4 == 0, "NR must be 1 or a multiple of 4");
   constexpr int NG = (NR + 3) / 4;
-  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2,
-                                       1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i lut = nibble_popcounts();
   const __m256i low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
   const int64_t nv = kw / 8;
   __m256i tot[NG];  // tot[g]: 64-bit totals of columns 4g..4g+3 (NR == 1: 4 partial sums)
@@ -208,31 +213,29 @@ __attribute__((target("avx512f,avx512vpopcntdq,popcnt"), always_inline)) inline 
     }
 }
 
-// Rows [i0, i1) of the output: MRxNR register blocks (1-wide edges), with b split into column
+// Rows [i0, i1) of the output: 4x4 register blocks (1-wide edges), with b split into column
 // tiles of about L1_BYTES so a tile stays in L1 while every row block of a passes over it.
-#define BIPFT_ROWS(NAME, TARGET, BLOCK, MR, NR)                                                  \
-  template <Op OP>                                                                             \
-  __attribute__((target(TARGET))) void NAME(const uint32_t* a, const uint32_t* b,              \
-                                            const __m256i*, int64_t i0, int64_t i1, int64_t n, \
-                                            int64_t kw, int32_t* out, int64_t k) {             \
-    const int64_t nt = std::max<int64_t>(NR, L1_BYTES / (4 * kw + 1) / NR * NR);               \
-    for (int64_t j0 = 0; j0 < n; j0 += nt) {                                                   \
-      const int64_t j1 = std::min(n, j0 + nt);                                                 \
-      int64_t i = i0;                                                                          \
-      for (; i + MR <= i1; i += MR) {                                                          \
-        const uint32_t* ai = a + i * kw;                                                       \
-        int64_t j = j0;                                                                        \
-        for (; j + NR <= j1; j += NR)                                                          \
-          BLOCK<MR, NR, OP>(ai, b + j * kw, kw, n, out + i * n + j, k);                        \
-        for (; j < j1; ++j) BLOCK<MR, 1, OP>(ai, b + j * kw, kw, n, out + i * n + j, k);       \
-      }                                                                                        \
-      for (; i < i1; ++i)                                                                      \
-        for (int64_t j = j0; j < j1; ++j)                                                      \
-          BLOCK<1, 1, OP>(a + i * kw, b + j * kw, kw, n, out + i * n + j, k);                  \
-    }                                                                                          \
+template <Op OP>
+__attribute__((target("avx512f,avx512vpopcntdq,popcnt"))) void rows_avx512(
+    const uint32_t* a, const uint32_t* b, const __m256i*, int64_t i0, int64_t i1, int64_t n,
+    int64_t kw, int32_t* out, int64_t k) {
+  constexpr int MR = 4, NR = 4;
+  const int64_t nt = std::max<int64_t>(NR, L1_BYTES / (4 * kw + 1) / NR * NR);
+  for (int64_t j0 = 0; j0 < n; j0 += nt) {
+    const int64_t j1 = std::min(n, j0 + nt);
+    int64_t i = i0;
+    for (; i + MR <= i1; i += MR) {
+      const uint32_t* ai = a + i * kw;
+      int64_t j = j0;
+      for (; j + NR <= j1; j += NR)
+        block_avx512<MR, NR, OP>(ai, b + j * kw, kw, n, out + i * n + j, k);
+      for (; j < j1; ++j) block_avx512<MR, 1, OP>(ai, b + j * kw, kw, n, out + i * n + j, k);
+    }
+    for (; i < i1; ++i)
+      for (int64_t j = j0; j < j1; ++j)
+        block_avx512<1, 1, OP>(a + i * kw, b + j * kw, kw, n, out + i * n + j, k);
   }
-
-BIPFT_ROWS(rows_avx512, "avx512f,avx512vpopcntdq,popcnt", block_avx512, 4, 4)
+}
 
 // Short rows (Kw = L in {1, 2, 4} words, e.g. attention's head dim 64 or 128 keys): one vector
 // holds R = 8 / L rows of b against one row of a broadcast to every lane, so no lane is idle.
@@ -253,8 +256,7 @@ __attribute__((target("avx2,popcnt"))) void rows_short_avx2(const uint32_t* a, c
                                                             int64_t n, int64_t kw, int32_t* out,
                                                             int64_t k) {
   constexpr int R = 8 / L;
-  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2,
-                                       1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i lut = nibble_popcounts();
   const __m256i low = _mm256_set1_epi8(0x0f);
   const __m256i kk = _mm256_set1_epi32(static_cast<int>(k));
   const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0);
