@@ -62,6 +62,21 @@ def mlm_loss(logits: Array, labels: Array, weights: Array | None = None) -> tupl
     return cross_entropy_with_ignore(logits, labels, weights)
 
 
+def select_masked(labels: Array, num: int) -> tuple[Array, Array]:
+    """The first ``num`` predicted positions of each row: ``(positions, labels)``, both [B, num].
+
+    ``labels`` [B, L] holds token ids at predicted positions and ``IGNORE_INDEX`` elsewhere.
+    Rows with fewer predictions are filled with position 0 and label ``IGNORE_INDEX``, so
+    ``mlm_loss`` on the gathered logits equals the loss over all positions whenever every row has
+    at most ``num`` predictions (the loader caps them: ``max_predictions``).
+    """
+    valid = labels != IGNORE_INDEX
+    order = jnp.argsort(~valid, axis=-1, stable=True)[..., :num]  # predicted positions first
+    picked = jnp.take_along_axis(labels, order, axis=-1)
+    keep = picked != IGNORE_INDEX
+    return jnp.where(keep, order, 0).astype(jnp.int32), jnp.where(keep, picked, IGNORE_INDEX)
+
+
 def classification_loss(
     logits: Array, labels: Array, weights: Array | None = None
 ) -> tuple[Array, Array]:

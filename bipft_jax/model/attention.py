@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from bipft_jax.model.config import BertConfig
-from bipft_jax.model.layers import DenseResidualNorm, dense
+from bipft_jax.model.layers import DenseResidualNorm, Dropout, dense
 from bipft_jax.quant import ActQuantizer, DenseQuant
 
 
@@ -50,7 +50,7 @@ class BertSelfAttention(nn.Module):
         if est.enabled:
             scores = scores + self._residual_polynomial(h)
         scores = scores / math.sqrt(d) + mask_bias
-        dropout = nn.Dropout(cfg.attention_dropout)
+        dropout = Dropout(cfg.attention_dropout)
         if spec.attention == "softmax":
             probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
             probs_b = ActQuantizer(spec.probs, bias_axis=None, name="probs_quant")(

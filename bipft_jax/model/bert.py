@@ -1,7 +1,8 @@
 """BERT models: `BertModel`, `BertForPreTraining` (MLM + NSP), `BertForSequenceClassification`.
 
-All return a dict. Always: `last_hidden_state`, `pooled`; per head: `mlm_logits`, `nsp_logits`,
-`logits`. With `return_intermediates=True` also (tuples, one entry per layer):
+All return a dict. Always: `last_hidden_state`, `pooled`; per head: `mlm_logits` (all positions,
+or only `masked_positions`), `nsp_logits`, `logits`. With `return_intermediates=True` also
+(tuples, one entry per layer):
 `hidden_states` (L+1: embeddings output, then each layer), `q`, `k`, `v` (pre-binarization,
 [B, heads, L, head_dim]), `attention_scores` ([B, heads, L, L], scaled and masked, before
 softmax) and `attention_probs` (softmax output before dropout/binarization; for "bool"
@@ -21,7 +22,7 @@ from bipft_jax.model.config import BertConfig
 from bipft_jax.model.embeddings import BertEmbeddings, default_ids
 from bipft_jax.model.encoder import BertEncoder
 from bipft_jax.model.heads import BertMLMHead, BertPooler
-from bipft_jax.model.layers import dense
+from bipft_jax.model.layers import Dropout, dense
 from bipft_jax.quant import DenseQuant
 
 
@@ -82,7 +83,10 @@ class BertForPreTraining(nn.Module):
         *,
         deterministic: bool = True,
         return_intermediates: bool = False,
+        masked_positions: jax.Array | None = None,
     ) -> dict:
+        """``masked_positions`` [B, P] (optional): run the MLM head on those positions only
+        (``mlm_logits`` is then [B, P, V]), as original BERT's ``gather_indexes``."""
         cfg = self.config
         bert = BertModel(cfg, name="bert")
         out = bert(
@@ -93,9 +97,10 @@ class BertForPreTraining(nn.Module):
             deterministic=deterministic,
             return_intermediates=return_intermediates,
         )
-        out["mlm_logits"] = BertMLMHead(cfg, name="predictions")(
-            out["last_hidden_state"], bert.attend
-        )
+        hidden = out["last_hidden_state"]
+        if masked_positions is not None:
+            hidden = jnp.take_along_axis(hidden, masked_positions[..., None], axis=1)
+        out["mlm_logits"] = BertMLMHead(cfg, name="predictions")(hidden, bert.attend)
         nsp = dense(cfg, 2, DenseQuant(), ("embed", "classes"), "seq_relationship")
         out["nsp_logits"] = nsp(out["pooled"])
         return out
@@ -127,7 +132,7 @@ class BertForSequenceClassification(nn.Module):
             deterministic=deterministic,
             return_intermediates=return_intermediates,
         )
-        x = nn.Dropout(cfg.classifier_dropout)(out["pooled"], deterministic=deterministic)
+        x = Dropout(cfg.classifier_dropout)(out["pooled"], deterministic=deterministic)
         out["logits"] = dense(
             cfg, self.num_labels, DenseQuant(), ("embed", "classes"), "classifier"
         )(x)

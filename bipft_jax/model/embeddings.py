@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from bipft_jax.model.config import BertConfig
-from bipft_jax.model.layers import QuantEmbed, layer_norm
+from bipft_jax.model.layers import Dropout, QuantEmbed, layer_norm
 
 
 class BertEmbeddings(nn.Module):
@@ -37,7 +37,7 @@ class BertEmbeddings(nn.Module):
             **common,
         )
         self.LayerNorm = layer_norm(cfg, "LayerNorm")
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.dropout = Dropout(cfg.hidden_dropout)
 
     def __call__(
         self,

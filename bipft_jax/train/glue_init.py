@@ -65,7 +65,7 @@ def parse_chain(text: str) -> list[StageSpec]:
     return stages
 
 
-def _hf_sizes(hf_dir: str) -> dict[str, Any]:
+def hf_sizes(hf_dir: str) -> dict[str, Any]:
     hf_cfg, _ = read_hf_checkpoint(hf_dir)
     sized = bert_config_from_hf(hf_cfg)
     return {k: getattr(sized, k) for k in (*_SIZE_KEYS, "layer_norm_eps")}
@@ -77,7 +77,7 @@ def model_config(stage: StageSpec, size: str, hf_dir: str | None = None, **extra
     if size == "hf":
         if not hf_dir:
             raise ValueError("model.size='hf' needs init.path = a Hugging Face BERT directory")
-        overrides.update(_hf_sizes(hf_dir))
+        overrides.update(hf_sizes(hf_dir))
         size = "base"
     if stage.act_bits is not None:
         if stage.method not in ("bit", "bipft"):

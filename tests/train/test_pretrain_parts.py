@@ -13,24 +13,34 @@ from bipft_jax.train.pretrain import copy_matching
 from tests.train.cli_runs import REPO
 
 
-def test_copy_matching_copies_same_path_and_shape_only():
+def test_copy_matching_copies_shared_leaves_and_keeps_student_only():
     rng = np.random.default_rng(0)
     student = {
         "a": {"kernel": nn.Partitioned(np.zeros((3, 4), np.float32), ("embed", "mlp"))},
         "b": {"alpha": np.zeros((), np.float32)},  # student-only: kept
-        "c": {"kernel": np.zeros((2, 2), np.float32)},  # shape differs from teacher: kept
+        "h": {"kernel": np.zeros((2, 2), np.float32)},  # skipped subtree: kept
     }
     teacher = {
         "a": {"kernel": rng.normal(size=(3, 4)).astype(np.float32)},
-        "c": {"kernel": rng.normal(size=(3, 3)).astype(np.float32)},
+        "h": {"kernel": rng.normal(size=(2, 2)).astype(np.float32)},
         "d": {"extra": np.ones(2)},
     }
-    out = copy_matching(student, teacher)
+    out = copy_matching(student, teacher, skip=("h",))
     assert isinstance(out["a"]["kernel"], nn.Partitioned)
     assert out["a"]["kernel"].names == ("embed", "mlp")
     np.testing.assert_array_equal(out["a"]["kernel"].value, teacher["a"]["kernel"])
     np.testing.assert_array_equal(out["b"]["alpha"], 0.0)
-    np.testing.assert_array_equal(out["c"]["kernel"], np.zeros((2, 2)))
+    np.testing.assert_array_equal(out["h"]["kernel"], np.zeros((2, 2)))
+    np.testing.assert_array_equal(
+        copy_matching(student, teacher)["h"]["kernel"], teacher["h"]["kernel"]
+    )
+
+
+def test_copy_matching_reports_shape_mismatch():
+    student = {"c": {"kernel": np.zeros((2, 2), np.float32)}}
+    teacher = {"c": {"kernel": np.zeros((3, 3), np.float32)}}
+    with pytest.raises(ValueError, match=r"c/kernel: teacher \(3, 3\) vs student \(2, 2\)"):
+        copy_matching(student, teacher)
 
 
 def test_with_numel_multiplier_reaches_every_act_quantizer():

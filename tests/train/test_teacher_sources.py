@@ -49,7 +49,8 @@ def _shared_leaves(student: dict, source: dict) -> int:
 
 def test_hf_directory_teacher_matches_transformers_and_inits_student(tmp_path, shared_data):
     hf = _hf_tiny_bert(tmp_path / "hf")
-    model, params, _ = _teacher("hf", tmp_path / "hf")
+    model, params, _, has_heads = _teacher("hf", tmp_path / "hf")
+    assert has_heads
     rng = np.random.default_rng(1)
     ids = rng.integers(1000, 30522, size=(2, 24), dtype=np.int32)
     mask = np.ones_like(ids)
@@ -82,7 +83,7 @@ def test_checkpoint_teacher_is_the_fp_runs_final_params(tmp_path, shared_data):
     fp_final = final_params(fp_dir)["params"]
     assert not any("alpha" in k for k in traverse_util.flatten_dict(fp_final, sep="/"))  # an FP run
 
-    _, params, _ = _teacher("checkpoint", fp_dir)
+    _, params, _, _ = _teacher("checkpoint", fp_dir)
     flat_t = traverse_util.flatten_dict(jax.device_get(params))
     assert len(flat_t) == _shared_leaves(jax.device_get(params), fp_final)  # every leaf, exactly
 
