@@ -21,7 +21,10 @@ import ml_collections
 
 from bipft_jax.train.pretrain import default_config
 
-_PRESETS = {"bipft": ("bipft", {}), "bipft_a": ("bipft", {"quant": {"estimators": {"enabled": False}}})}
+_PRESETS = {
+    "bipft": ("bipft", {}),
+    "bipft_a": ("bipft", {"quant": {"estimators": {"enabled": False}}}),
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
