@@ -4,36 +4,43 @@
 
 `config.chain` lists the stages, e.g. `"bipft"` (no KD), `"fp,bit"` (FP teacher fine-tuned
 first, then a BiT student distilled from it) or `"fp,bit:a2,bit"` (BiT's multi-distillation).
-Stage 0 trains on the labels; stage i>0 starts from stage i-1's best weights and distils from
-them with `config.kd.kind`. Each stage writes `<workdir>/<i>_<name>/` with `best/` and `final/`
-checkpoints, `metrics.jsonl`, optional GLUE submission files and `results.json`; the command
-writes `<workdir>/results.json` with every stage.
+Stage 0 trains on the labels (or distils from a ready teacher, `kd.teacher_path`); stage i>0
+starts from stage i-1's best weights and distils from them with `config.kd.kind`.
+
+Each stage runs on the pretrainer's machinery: a device mesh with logical sharding rules
+(`mesh`, `sharding`), a train step jitted once per bucket shape with donated state, batches cut
+to length buckets (`train.pad_multiple`), resumable checkpoints (SIGTERM saves and exits 0; a
+rerun continues mid-stage, bit-identically), and `--distributed` for multi-host runs. Each stage
+writes `<workdir>/<i>_<name>/` with `best/` and `final/` params, `metrics.jsonl` and
+`results.json`; the command writes `<workdir>/results.json` with every stage.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import shutil
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from bipft_jax import paths
 from bipft_jax.data.glue import GlueDataError, TaskSpec, write_submission
 from bipft_jax.data.glue_metrics import task_metrics
 from bipft_jax.data.tokenizer import BertTokenizer
 from bipft_jax.model.bert import BertForSequenceClassification
+from bipft_jax.model.config import from_config_dict, to_dict
+from bipft_jax.parallel import get_rules, make_mesh, shard_host_batch
+from bipft_jax.parallel.distributed import add_distributed_args, maybe_initialize_distributed
 from bipft_jax.train import glue_data
-from bipft_jax.train.checkpoint import CheckpointManager
+from bipft_jax.train.checkpoint import CheckpointManager, install_sigterm_handler
 from bipft_jax.train.config_io import ConfigDict, config_from_argv, config_hash, save_config
 from bipft_jax.train.glue_init import (
     StageSpec,
@@ -43,19 +50,24 @@ from bipft_jax.train.glue_init import (
     merge_encoder,
     model_config,
     parse_chain,
+    restore_params,
 )
 from bipft_jax.train.glue_kd import check_kd_kind, finetune_loss, needs_intermediates
 from bipft_jax.train.loop import (
     LoopHooks,
     TrainState,
+    abstract_state,
+    jit_step,
     make_train_step,
     run_loop,
+    train_state_shardings,
     with_numel_multiplier,
 )
-from bipft_jax.train.metrics import MetricWriter
-from bipft_jax.train.optim import make_optimizer
+from bipft_jax.train.metrics import MetricWriter, ProgressLogger
+from bipft_jax.train.optim import make_optimizer, make_schedule, resolve_optimizer_config
 
 RESULTS = "results.json"
+MODEL_CONFIG = "model_config.json"
 
 
 @dataclasses.dataclass
@@ -84,33 +96,31 @@ def load_task_data(cfg: ConfigDict) -> TaskData:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def make_predict(model: BertForSequenceClassification) -> Any:
-    @jax.jit
-    def logits(params, batch):
-        out = model.apply(
-            {"params": params},
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["token_type_ids"],
-        )
-        return out["logits"]
-
-    return logits
+def _local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's slice of a global batch (all processes hold the same global batch)."""
+    n, p = len(batch["input_ids"]), jax.process_count()
+    i = jax.process_index()
+    return {k: v[i * n // p : (i + 1) * n // p] for k, v in batch.items()}
 
 
-def predict(predict_fn, params, data: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
-    """Logits [N, C] of a split (fixed-shape padded batches, padding dropped)."""
-    chunks = []
-    for batch, real in glue_data.eval_batches(data, batch_size):
-        chunks.append(np.asarray(predict_fn(params, batch))[:real])
-    return np.concatenate(chunks)
+def predict(eval_step, state, data: dict[str, np.ndarray], cfg: ConfigDict, mesh) -> np.ndarray:
+    """Logits [N, C] of a split in file order (length-sorted, bucketed batches)."""
+    out: np.ndarray | None = None
+    tr = cfg.train
+    for batch, rows in glue_data.eval_batches(data, tr.eval_batch_size, tr.pad_multiple):
+        logits = np.asarray(eval_step(state, shard_host_batch(_local_rows(batch), mesh)))
+        if out is None:
+            out = np.zeros((len(data["labels"]), logits.shape[-1]), logits.dtype)
+        out[rows] = logits[: len(rows)]
+    assert out is not None
+    return out
 
 
-def evaluate(predict_fn, params, task: TaskData, batch_size: int) -> dict[str, dict[str, float]]:
+def evaluate(eval_step, state, task: TaskData, cfg: ConfigDict, mesh) -> dict[str, dict]:
     """All metrics per dev split (MNLI: dev_matched and dev_mismatched)."""
     return {
         name: task_metrics(
-            task.spec.name, predict(predict_fn, params, data, batch_size), data["labels"]
+            task.spec.name, predict(eval_step, state, data, cfg, mesh), data["labels"]
         )
         for name, data in task.dev.items()
     }
@@ -121,44 +131,120 @@ def main_score(metrics: dict[str, dict[str, float]]) -> float:
     return next(iter(metrics.values()))["main"]
 
 
-def write_predictions(predict_fn, params, task: TaskData, batch_size: int, out: Path) -> list[str]:
+def write_predictions(eval_step, state, task: TaskData, cfg, mesh, out: Path) -> list[str]:
     files = []
     for split, data in task.test.items():
-        logits = predict(predict_fn, params, data, batch_size)
+        logits = predict(eval_step, state, data, cfg, mesh)
         preds = logits[:, 0] if task.spec.is_regression else logits.argmax(-1)
         name = split if len(task.test) > 1 else None
         files.append(str(write_submission(task.spec.name, preds.tolist(), out, name)))
     return files
 
 
-# ----------------------------------------------------------------------------- one stage
+# ----------------------------------------------------------------------------- stage pieces
 
 
-def _epoch_batches(data: dict[str, np.ndarray], bs: int, seed: int) -> Iterator[dict]:
-    for epoch in itertools.count():
-        for b in glue_data.train_batches(data, bs, seed, epoch):
-            yield {k: jnp.asarray(v) for k, v in b.items()}
-
-
-def _optimizer(cfg: ConfigDict, lr: float, total: int) -> optax.GradientTransformation:
+def _optimizer_config(cfg: ConfigDict, lr: float, total: int) -> dict:
     o = cfg.optimizer
-    return make_optimizer(
-        dict(
-            name=o.name,
-            lr=lr,
-            alpha_lr=o.alpha_lr if o.alpha_lr > 0 else None,
-            weight_decay=o.weight_decay if o.weight_decay >= 0 else None,
-            schedule=o.schedule,
-            warmup_steps=o.warmup_ratio * total,
-            total_steps=total,
-            clip_norm=o.clip_norm,
-        )
+    return dict(
+        name=o.name,
+        lr=lr,
+        alpha_lr=o.alpha_lr if o.alpha_lr > 0 else None,
+        weight_decay=o.weight_decay if o.weight_decay >= 0 else None,
+        schedule=o.schedule,
+        warmup_steps=o.warmup_ratio * total,
+        total_steps=total,
+        clip_norm=o.clip_norm,
     )
 
 
-def _save(directory: Path, step: int, params: Any, extra: dict) -> None:
+def _save_params(directory: Path, step: int, params: Any, extra: dict, model_cfg) -> None:
+    """Params-only checkpoint (``best/``, ``final/``) plus the model config beside it."""
     with CheckpointManager(directory, max_to_keep=1, async_save=False) as mngr:
         mngr.save(step, {"params": params}, extra, force=True)
+    if jax.process_index() == 0:
+        (directory / MODEL_CONFIG).write_text(json.dumps(to_dict(model_cfg), indent=2))
+
+
+def load_stage_model(path: str | Path) -> tuple[Any, dict]:
+    """(BertConfig, params) of a finished stage's ``best/`` or ``final/`` directory."""
+    root = Path(path)
+    cfg_file = root / MODEL_CONFIG
+    if not cfg_file.is_file():
+        raise FileNotFoundError(
+            f"{root} is not a `bipft finetune` result ({MODEL_CONFIG} missing); "
+            "give a stage's best/ or final/ directory"
+        )
+    return from_config_dict(json.loads(cfg_file.read_text())), restore_params(str(root))
+
+
+def _model_config(cfg: ConfigDict, stage: StageSpec, numel_k: int):
+    kw: dict[str, Any] = {"dtype": cfg.model.dtype, **cfg.model.overrides.to_dict()}
+    if cfg.model.num_layers > 0:
+        kw["num_layers"] = cfg.model.num_layers
+    hf_dir, size = None, cfg.model.size
+    if size == "hf" and cfg.init.kind == "checkpoint":  # sizes of the checkpoint's model
+        src = _stage_model_config(cfg.init.path)
+        size = "base"
+        kw.update({k: getattr(src, k) for k in glue_init_size_keys()})
+    elif size == "hf":
+        hf_dir = resolve_init_dir(cfg.init.path)
+    mcfg = model_config(stage, size, hf_dir, **kw)
+    return with_numel_multiplier(mcfg, numel_k) if numel_k > 1 else mcfg
+
+
+def glue_init_size_keys() -> tuple[str, ...]:
+    from bipft_jax.train.glue_init import SIZE_KEYS
+
+    return (*SIZE_KEYS, "layer_norm_eps")
+
+
+def _stage_model_config(path: str):
+    """The ``model_config.json`` of a checkpoint directory (ours) or of its parent workdir."""
+    for d in (Path(path), Path(path).parent):
+        f = d / MODEL_CONFIG
+        if f.is_file():
+            return from_config_dict(json.loads(f.read_text()))
+    raise FileNotFoundError(
+        f"model.size='hf' with init.kind=checkpoint needs {MODEL_CONFIG} in {path} "
+        "(written by bipft pretrain / finetune); or set model.size"
+    )
+
+
+def resolve_init_dir(path: str) -> str:
+    from bipft_jax.train.pretrain import resolve_model_dir
+
+    return resolve_model_dir(path)
+
+
+def _initial_params(cfg, model, first, index, init, teacher_params) -> tuple[dict, str]:
+    """Host params of the stage's start: previous stage's weights, or ``init`` of the config."""
+    if isinstance(init, dict):
+        fresh = init_params(model, first, cfg.seed + index)
+        params, new = merge_encoder(fresh, init, f"stage {index - 1} weights")
+        return calibrate(model, params, first, only=new), f"stage {index - 1}"
+    kind, path = init
+    if kind == "hf":
+        path = resolve_init_dir(path)
+    return load_initial_params(model, first, cfg.seed, kind, path)
+
+
+@dataclasses.dataclass
+class Progress:
+    """What a resumed stage must remember besides the train state (saved in the checkpoint)."""
+
+    history: list
+    best: dict
+
+    def to_json(self) -> dict:
+        return {"history": self.history, "best": self.best}
+
+
+def _place_state(params, tx, sh: TrainState, mesh) -> TrainState:
+    params = jax.device_put(params, sh.params)
+    with jax.set_mesh(mesh):
+        opt = jax.jit(tx.init, out_shardings=sh.opt_state)(params)
+    return TrainState(jax.device_put(jnp.zeros((), jnp.int32), sh.step), params, opt)
 
 
 def run_stage(
@@ -169,151 +255,228 @@ def run_stage(
     workdir: Path,
     init: tuple[str, str] | dict,
     teacher: tuple[BertForSequenceClassification, dict] | None,
-) -> tuple[dict, BertForSequenceClassification, dict]:
-    """Train one stage; returns (results, model, best params)."""
+) -> tuple[dict, BertForSequenceClassification, dict | None]:
+    """Train (or resume, or reuse a finished) stage; returns (results, model, best params).
+
+    ``results["status"]`` is "done" or "preempted" (a checkpoint was saved; rerun to continue).
+    """
     t0 = time.time()
     spec, tr = task.spec, cfg.train
-    kd = cfg.kd.kind if teacher is not None else "none"
-    hf_dir = cfg.init.path if cfg.init.kind == "hf" else None
-    layers = {"num_layers": cfg.model.num_layers} if cfg.model.num_layers > 0 else {}
-    mcfg = model_config(stage, cfg.model.size, hf_dir, **layers)
-    if tr.grad_accum_steps > 1:  # elastic α gradients as for the full batch
-        mcfg = with_numel_multiplier(mcfg, tr.grad_accum_steps)
+    out_dir = workdir / f"{index}_{stage.name}"
+    main_proc = jax.process_index() == 0
+    mcfg = _model_config(cfg, stage, tr.grad_accum_steps)
     model = BertForSequenceClassification(mcfg, num_labels=spec.num_labels)
-    first = {k: v[: tr.batch_size] for k, v in task.train.items()}
-    if isinstance(init, dict):
-        fresh = init_params(model, first, cfg.seed + index)
-        params = merge_encoder(fresh, init, f"stage {index - 1} weights")
-        params, init_desc = calibrate(model, params, first), f"stage {index - 1}"
-    else:
-        params, init_desc = load_initial_params(model, first, cfg.seed, *init)
+    done = _finished(out_dir, cfg)
+    if done is not None:
+        if main_proc:
+            print(f"[{spec.name} {stage.name}] finished earlier: {out_dir / RESULTS}", flush=True)
+        return done, model, restore_params(str(out_dir / "best"))
+
+    kd = cfg.kd.kind if teacher is not None else "none"
+    mesh, rules = make_mesh(dict(cfg.mesh)), get_rules(cfg.sharding)
     n = len(task.train["labels"])
     per_epoch = glue_data.steps_per_epoch(n, tr.batch_size)
     if per_epoch == 0:
         raise ValueError(f"{spec.name}: {n} training rows < batch_size {tr.batch_size}")
     total = tr.max_steps if tr.max_steps > 0 else int(tr.epochs * per_epoch)
     lr = tr.teacher_lr if (index == 0 and len(parse_chain(cfg.chain)) > 1) else tr.lr
-    tx = _optimizer(cfg, lr, total)
-    inter = needs_intermediates(kd)
-    t_model, t_params = teacher if teacher is not None else (None, None)
+    opt_cfg = resolve_optimizer_config(_optimizer_config(cfg, lr, total))
+    tx = make_optimizer(_optimizer_config(cfg, lr, total))
+    lr_fn = make_schedule(opt_cfg["schedule"], opt_cfg["lr"], opt_cfg["warmup_steps"],
+                          opt_cfg["total_steps"], opt_cfg["end_lr"])  # fmt: skip
+    first = glue_data.train_batch(task.train, tr.batch_size, cfg.seed + index, 0, tr.pad_multiple)
+    params, init_desc = _initial_params(cfg, model, first, index, init, None)
 
-    def loss_fn(params, batch, rng, teacher_params):
+    ids = jnp.asarray(first["input_ids"][:1])
+    sh = train_state_shardings(lambda r: model.init(r, ids)["params"], tx, mesh, rules,
+                               jax.random.PRNGKey(0))  # fmt: skip
+    state = _place_state(params, tx, sh, mesh)
+    del params
+    consts, const_sh, t_model = (), (), None
+    if teacher is not None:
+        t_model, t_host = teacher
+        t_sh = train_state_shardings(lambda r: t_model.init(r, ids)["params"], tx, mesh, rules,
+                                     jax.random.PRNGKey(0)).params  # fmt: skip
+        consts, const_sh = (jax.device_put(t_host, t_sh),), (t_sh,)
+
+    eval_every = tr.eval_every if tr.eval_every > 0 else per_epoch
+    ckpt = CheckpointManager(out_dir, tr.keep_checkpoints, tr.save_every or eval_every,
+                             tr.async_checkpoint)  # fmt: skip
+    progress = Progress([], {"score": None})
+    start = ckpt.latest_step() or 0
+    if start:
+        state, extra = ckpt.restore(abstract_state(sh, state))
+        progress = Progress(extra["history"], extra["best"])
+        if main_proc:
+            print(f"[{spec.name} {stage.name}] resumed at step {start}/{total}", flush=True)
+
+    inter = needs_intermediates(kd)
+
+    def loss_fn(params, batch, rng, *teacher_params):
         args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        out = model.apply(
-            {"params": params}, *args, deterministic=False, return_intermediates=inter,
-            rngs={"dropout": rng},
-        )  # fmt: skip
+        out = model.apply({"params": params}, *args, deterministic=False,
+                          return_intermediates=inter, rngs={"dropout": rng})  # fmt: skip
         t_out = None
         if t_model is not None:
-            t_out = t_model.apply({"params": teacher_params}, *args, return_intermediates=inter)
-        return finetune_loss(
-            kd, out, t_out, batch["labels"], is_regression=spec.is_regression,
-            temperature=cfg.kd.temperature, gt_beta=cfg.kd.gt_beta,
-        )  # fmt: skip
+            t_out = t_model.apply({"params": teacher_params[0]}, *args,
+                                  return_intermediates=inter)  # fmt: skip
+        return finetune_loss(kd, out, t_out, batch["labels"], is_regression=spec.is_regression,
+                             temperature=cfg.kd.temperature, gt_beta=cfg.kd.gt_beta)  # fmt: skip
 
-    def step(state, batch, teacher_params):
-        fn = lambda p, b, r: loss_fn(p, b, r, teacher_params)  # noqa: E731
-        return make_train_step(fn, tx, cfg.train.grad_accum_steps, cfg.seed + index)(state, batch)
+    step_fn = make_train_step(loss_fn, tx, tr.grad_accum_steps, cfg.seed + index, lr_fn)
+    train_step = jit_step(step_fn, mesh, rules, sh, const_shardings=const_sh)
 
-    jitted = jax.jit(step, donate_argnums=(0,))
-    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-    predict_fn = make_predict(model)
-    out_dir = workdir / f"{index}_{stage.name}"
-    if out_dir.exists():  # a rerun restarts the stage: drop stale checkpoints and results
-        shutil.rmtree(out_dir)
-    eval_every = tr.eval_every if tr.eval_every > 0 else per_epoch
-    best: dict[str, Any] = {"score": -np.inf}
-    history: list[dict] = []
+    def logits_fn(state, batch):
+        return model.apply({"params": state.params}, batch["input_ids"],
+                           batch["attention_mask"], batch["token_type_ids"])["logits"]  # fmt: skip
+
+    eval_step = jit_step(logits_fn, mesh, rules, sh, returns_state=False)
     writer = MetricWriter(out_dir, tensorboard=False)
     extra = {"task": spec.name, "stage": stage.name, "seed": cfg.seed}
 
-    def on_eval(state: TrainState, step: int) -> None:
-        metrics = evaluate(predict_fn, state.params, task, tr.eval_batch_size)
+    def on_eval(st: TrainState, step: int) -> None:
+        metrics = evaluate(eval_step, st, task, cfg, mesh)
         score = main_score(metrics)
-        history.append({"step": step, "metrics": metrics})
+        progress.history.append({"step": step, "metrics": metrics})
         writer.write_scalars(
             step, {f"eval/{s}/{k}": v for s, m in metrics.items() for k, v in m.items()}
         )
-        print(f"[{spec.name} {stage.name}] step {step}/{total} dev {json.dumps(metrics)}")
-        if score > best["score"]:
-            best.update(score=score, step=step, metrics=metrics)
-            best["params"] = jax.tree.map(np.asarray, state.params)
-            _save(out_dir / "best", step, state.params, {**extra, "metrics": metrics})
+        if main_proc:
+            print(f"[{spec.name} {stage.name}] step {step}/{total} dev {json.dumps(metrics)}",
+                  flush=True)  # fmt: skip
+        if progress.best["score"] is None or score > progress.best["score"]:
+            progress.best = {"score": score, "step": step, "metrics": metrics}
+            _save_params(out_dir / "best", step, st.params, {**extra, "metrics": metrics}, mcfg)
+
+    if start and start % eval_every == 0 and not any(h["step"] == start for h in progress.history):
+        on_eval(state, start)  # the checkpoint at `start` was written before its evaluation
+
+    logger = ProgressLogger(total, tr.batch_size * tr.max_length)
 
     def on_log(step: int, metrics: dict, dt: float) -> None:
         writer.write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
+        if step == start + 1:
+            logger.start(step)
+        elif main_proc:
+            print(f"[{spec.name} {stage.name}] " + logger.update(step, metrics), flush=True)
 
-    hooks = LoopHooks(on_log=on_log, evaluate=on_eval)
-    run_teacher = t_params
-    state, _ = run_loop(
-        state,
-        lambda s, b: jitted(s, b, run_teacher),
-        _epoch_batches(task.train, tr.batch_size, cfg.seed + index),
-        0,
-        total,
-        log_every=tr.log_every,
-        eval_every=eval_every,
-        hooks=hooks,
-    )
-    writer.close()
-    final = history[-1] if history and history[-1]["step"] == total else None
-    if final is None:
+    batches = (
+        shard_host_batch(b, mesh)
+        for b in glue_data.train_batches(
+            task.train, tr.batch_size, cfg.seed + index, start, pad_multiple=tr.pad_multiple,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+        )
+    )  # fmt: skip
+    hooks = LoopHooks(on_log, on_eval, lambda: {**extra, **progress.to_json()})
+    try:
+        state, status = run_loop(state, lambda s, b: train_step(s, b, *consts), batches, start,
+                                 total, checkpoint=ckpt, log_every=tr.log_every,
+                                 eval_every=eval_every, hooks=hooks)  # fmt: skip
+    finally:
+        ckpt.close()
+        writer.close()
+    if status != "done":
+        return {"status": status, "step": int(jax.device_get(state.step))}, model, None
+    if not any(h["step"] == total for h in progress.history):
         on_eval(state, total)
-        final = history[-1]
-    _save(out_dir / "final", total, state.params, {**extra, "metrics": final["metrics"]})
+    final = next(h for h in progress.history if h["step"] == total)
+    _save_params(out_dir / "final", total, state.params, {**extra, **final}, mcfg)
     results = {
-        "task": spec.name, "stage": stage.name, "stage_index": index, "kd": kd, "seed": cfg.seed,
-        "lr": lr, "init": init_desc, "steps": total, "train_rows": n,
-        "config_hash": config_hash(cfg),
-        "best": {"step": best["step"], "metrics": best["metrics"]},
+        "status": "done", "task": spec.name, "stage": stage.name, "stage_index": index, "kd": kd,
+        "seed": cfg.seed, "lr": lr, "init": init_desc, "steps": total, "train_rows": n,
+        "config_hash": config_hash(cfg), "pad_multiple": tr.pad_multiple,
+        "best": {"step": progress.best["step"], "metrics": progress.best["metrics"]},
         "final": {"step": total, "metrics": final["metrics"]},
-        "history": history, "seconds": round(time.time() - t0, 2),
+        "history": progress.history, "seconds": round(time.time() - t0, 2),
     }  # fmt: skip
     if task.test:
+        best_state = state._replace(params=jax.device_put(restore_params(str(out_dir / "best")),
+                                                          sh.params))  # fmt: skip
         results["submission"] = write_predictions(
-            predict_fn, best["params"], task, tr.eval_batch_size, out_dir / "submission"
+            eval_step, best_state, task, cfg, mesh, out_dir / "submission"
         )
-    (out_dir / RESULTS).write_text(json.dumps(results, indent=2))
-    return results, model, best["params"]
+    if main_proc:
+        (out_dir / RESULTS).write_text(json.dumps(results, indent=2))
+        if not tr.keep_state:  # the params live on in best/ and final/
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    return results, model, restore_params(str(out_dir / "best"))
+
+
+def _finished(out_dir: Path, cfg: ConfigDict) -> dict | None:
+    """The results of a finished stage run with the same config, else None (a finished stage
+    with another config is an error: reruns never overwrite other experiments)."""
+    f = out_dir / RESULTS
+    if not f.is_file():
+        return None
+    results = json.loads(f.read_text())
+    if results.get("config_hash") != config_hash(cfg):
+        raise ValueError(
+            f"{out_dir} holds a finished run with another config; use another --workdir"
+        )
+    return results
 
 
 # ----------------------------------------------------------------------------- whole command
+
+
+def _ready_teacher(cfg: ConfigDict) -> tuple[BertForSequenceClassification, dict] | None:
+    """A finished stage (``kd.teacher_path``: its best/ or final/) as the KD teacher, as is."""
+    if not cfg.kd.teacher_path:
+        return None
+    t_cfg, params = load_stage_model(cfg.kd.teacher_path)
+    spec = glue_data.resolve_task(cfg.task)
+    return BertForSequenceClassification(t_cfg, num_labels=spec.num_labels), params
 
 
 def run(cfg: ConfigDict, workdir: str | Path) -> dict:
     """Fine-tune every stage of `cfg.chain`; writes and returns `<workdir>/results.json`."""
     check_kd_kind(cfg.kd.kind)
     stages = parse_chain(cfg.chain)
-    if len(stages) > 1 and cfg.kd.kind == "none":
-        raise ValueError(f"chain {cfg.chain!r} has {len(stages)} stages but kd.kind='none'")
+    teacher = _ready_teacher(cfg)
+    if cfg.kd.kind == "none" and (len(stages) > 1 or teacher is not None):
+        raise ValueError(f"chain {cfg.chain!r} or kd.teacher_path distils, but kd.kind='none'")
+    if cfg.kd.kind != "none" and len(stages) == 1 and teacher is None:
+        raise ValueError(f"kd.kind={cfg.kd.kind!r} with one stage needs kd.teacher_path")
     if cfg.data_dir and not Path(cfg.data_dir).is_dir():
         raise GlueDataError(f"config key 'data_dir': directory not found: {cfg.data_dir}")
     glue_data.resolve_task(cfg.task)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, workdir)
+    if jax.process_index() == 0:
+        save_config(cfg, workdir)
     task = load_task_data(cfg)
     init: tuple[str, str] | dict = (cfg.init.kind, cfg.init.path)
-    teacher = None
     all_results = []
     for i, stage in enumerate(stages):
         results, model, best_params = run_stage(cfg, task, stage, i, workdir, init, teacher)
         all_results.append(results)
+        if results["status"] != "done":
+            return {"status": results["status"], "stages": all_results}
         init, teacher = best_params, (model, best_params)
     summary = {
-        "task": task.spec.name, "seed": cfg.seed, "chain": cfg.chain,
+        "status": "done", "task": task.spec.name, "seed": cfg.seed, "chain": cfg.chain,
         "config_hash": config_hash(cfg), "stages": all_results, "result": all_results[-1],
     }  # fmt: skip
-    (workdir / RESULTS).write_text(json.dumps(summary, indent=2))
+    if jax.process_index() == 0:
+        (workdir / RESULTS).write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg, rest = config_from_argv(list(argv or []))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg, rest = config_from_argv(argv)
     parser = argparse.ArgumentParser(prog="bipft finetune", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="output directory")
+    add_distributed_args(parser)
     args = parser.parse_args(rest)
+    maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                                 args.distributed_timeout_s, enabled=args.distributed)  # fmt: skip
+    if jax.process_count() == 1:
+        install_sigterm_handler()
     summary = run(cfg, args.workdir)
+    if summary["status"] != "done":
+        print(f"{summary['status']}: rerun the same command to continue", flush=True)
+        return 0
     r = summary["result"]
     print(f"{r['task']} {r['stage']}: best {json.dumps(r['best']['metrics'])}")
     return 0

@@ -27,7 +27,7 @@ from bipft_jax.quant.layers import calibrate_alphas
 
 INIT_KINDS = ("scratch", "hf", "checkpoint")
 _ACT_FIELDS = ("linear_input", "ffn_out_input", "qkv", "probs")
-_SIZE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+SIZE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
               "max_position", "type_vocab_size")  # fmt: skip
 
 
@@ -68,7 +68,7 @@ def parse_chain(text: str) -> list[StageSpec]:
 def hf_sizes(hf_dir: str) -> dict[str, Any]:
     hf_cfg, _ = read_hf_checkpoint(hf_dir)
     sized = bert_config_from_hf(hf_cfg)
-    return {k: getattr(sized, k) for k in (*_SIZE_KEYS, "layer_norm_eps")}
+    return {k: getattr(sized, k) for k in (*SIZE_KEYS, "layer_norm_eps")}
 
 
 def model_config(stage: StageSpec, size: str, hf_dir: str | None = None, **extra) -> BertConfig:
@@ -105,11 +105,12 @@ def _shapes(tree: Any) -> dict[str, tuple]:
     return {"/".join(map(str, k)): tuple(np.shape(v)) for k, v in flat.items()}
 
 
-def merge_encoder(params: dict, source: dict, what: str) -> dict:
+def merge_encoder(params: dict, source: dict, what: str) -> tuple[dict, set[str]]:
     """Copy every `bert/...` leaf of `source` into `params`; any shape mismatch raises InitError.
 
-    Leaves of the model missing from `source` keep their init only if they are student-only
-    (binarizer α/β, estimators, BiPFT pooler LN) or the classifier head.
+    Leaves of the model missing from `source` keep their init (binarizer α/β, estimators, BiPFT
+    pooler LN of an FP source; the classifier of a pretraining checkpoint). Returns the merged
+    params and the paths ("bert/.../alpha") of the leaves that kept their init.
     """
     if "bert" not in source:
         raise InitError(f"{what}: no 'bert' parameters (top-level keys: {sorted(source)})")
@@ -125,11 +126,14 @@ def merge_encoder(params: dict, source: dict, what: str) -> dict:
     flat = traverse_util.flatten_dict(params["bert"])
     src = traverse_util.flatten_dict(source["bert"])
     merged = {k: (jnp.asarray(src[k], v.dtype) if k in src else v) for k, v in flat.items()}
+    new = {"bert/" + "/".join(k) for k in flat if k not in src}
     out = dict(params)
     out["bert"] = traverse_util.unflatten_dict(merged)
     if "classifier" in source and _shapes(source["classifier"]) == _shapes(params["classifier"]):
         out["classifier"] = source["classifier"]
-    return out
+    else:
+        new |= {"classifier/" + k for k in _shapes(params["classifier"])}
+    return out, new
 
 
 def restore_params(path: str) -> dict:
@@ -153,7 +157,12 @@ def load_initial_params(
     kind: str,
     path: str = "",
 ) -> tuple[dict, str]:
-    """(params, description) from `kind` in INIT_KINDS; binary students get α calibrated."""
+    """(params, description) from `kind` in INIT_KINDS.
+
+    Quantizer parameters (α, β) and estimators that the source holds are kept as loaded (a
+    binary-pretrained checkpoint keeps its learned α); only parameters new to the model (a binary
+    student initialised from FP weights) are calibrated on ``batch``.
+    """
     if kind not in INIT_KINDS:
         raise ValueError(f"config key 'init.kind': unknown {kind!r}; choose one of {INIT_KINDS}")
     params = init_params(model, batch, seed)
@@ -166,7 +175,7 @@ def load_initial_params(
             raise InitError(f"init.path: Hugging Face directory not found: {path}")
         _, state = read_hf_checkpoint(path)
         try:
-            variables, _ = import_hf_weights(
+            variables, report = import_hf_weights(
                 {"params": params},
                 state,
                 ignore_missing=("classifier", "bert/pooler"),
@@ -174,15 +183,21 @@ def load_initial_params(
             )
         except ValueError as e:
             raise InitError(f"init.path {path}: {e}") from None
-        params = variables["params"]
+        params, new = variables["params"], set(report["kept_at_init"])
     else:
-        params = merge_encoder(params, restore_params(path), f"init checkpoint {path}")
-    return calibrate(model, params, batch), f"{kind}:{path}"
+        params, new = merge_encoder(params, restore_params(path), f"init checkpoint {path}")
+    return calibrate(model, params, batch, only=new), f"{kind}:{path}"
 
 
-def calibrate(model: BertForSequenceClassification, params: dict, batch: dict) -> dict:
-    """Re-derive elastic α from a real batch after loading FP weights (no-op for FP models)."""
-    if model.config.quant == type(model.config.quant)():
+def calibrate(
+    model: BertForSequenceClassification, params: dict, batch: dict, only: set[str] | None = None
+) -> dict:
+    """Re-derive elastic α from a real batch (no-op for FP models).
+
+    ``only``: the paths ("bert/.../alpha") that may change (the parameters new to the model);
+    every other leaf keeps its value. ``None`` recalibrates every α.
+    """
+    if model.config.quant == type(model.config.quant)() or only == set():
         return params
     fn = jax.jit(lambda v, *args: calibrate_alphas(model, v, *args))
     new = fn(
@@ -191,4 +206,9 @@ def calibrate(model: BertForSequenceClassification, params: dict, batch: dict) -
         jnp.asarray(batch["attention_mask"]),
         jnp.asarray(batch["token_type_ids"]),
     )
-    return nn.meta.unbox(new["params"])
+    new = nn.meta.unbox(new["params"])
+    if only is None:
+        return new
+    flat_old, flat_new = traverse_util.flatten_dict(params), traverse_util.flatten_dict(new)
+    kept = {k: (flat_new[k] if "/".join(k) in only else v) for k, v in flat_old.items()}
+    return traverse_util.unflatten_dict(kept)

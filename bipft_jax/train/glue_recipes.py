@@ -66,8 +66,11 @@ def finetune_config(
     c.max_eval_rows = 0
     c.predict_test = False  # write GLUE submission files from the best checkpoint
     c.chain = chain  # stages, e.g. "bipft", "fp,bit", "fp,bit:a2,bit"
+    # size "hf": the sizes of init.path (an HF directory, "minilm", or one of our checkpoints);
+    # num_layers 0 = the size's; dtype "bfloat16" = bf16 activations and matmuls (fp32 params);
+    # overrides: nested BertConfig / QuantSpec fields, e.g. {"quant": {"estimators": {...}}}.
     c.model = ml_collections.ConfigDict(
-        dict(size="base", num_layers=0)  # size "hf": sizes of init.path; num_layers 0 = size's
+        dict(size="base", num_layers=0, dtype="float32", overrides={})
     )
     c.init = ml_collections.ConfigDict(dict(kind="scratch", path=""))  # scratch | hf | checkpoint
     c.train = ml_collections.ConfigDict(
@@ -82,8 +85,17 @@ def finetune_config(
             eval_batch_size=64,
             grad_accum_steps=1,
             log_every=50,
+            # Batches are cut to the longest row rounded up to this multiple (0: pad every batch
+            # to max_length, as the references do); at most max_length/pad_multiple shapes.
+            pad_multiple=32,
+            save_every=0,  # checkpoint cadence in steps; 0 = at every evaluation
+            keep_checkpoints=2,
+            async_checkpoint=True,
+            keep_state=False,  # keep the train-state checkpoints of a finished stage
         )
     )
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.sharding = "dp"
     bert = optimizer == "bertadam"
     c.optimizer = ml_collections.ConfigDict(
         dict(
@@ -95,7 +107,9 @@ def finetune_config(
             clip_norm=0.0,
         )
     )
-    c.kd = ml_collections.ConfigDict(dict(kind=kd, temperature=1.0, gt_beta=0.5))
+    # teacher_path: a finished `bipft finetune` stage (its best/ or final/ directory) used as the
+    # KD teacher as is, classifier included; "" = the previous stage of the chain.
+    c.kd = ml_collections.ConfigDict(dict(kind=kd, temperature=1.0, gt_beta=0.5, teacher_path=""))
     c.sweep = ml_collections.ConfigDict(
         dict(tasks=task, presets=chain, lrs="", seeds="42", output="sweep")
     )
