@@ -27,6 +27,7 @@ from bipft_jax.quant.layers import calibrate_alphas
 
 INIT_KINDS = ("scratch", "hf", "checkpoint")
 _ACT_FIELDS = ("linear_input", "ffn_out_input", "qkv", "probs")
+_POOLER_INPUT = "pooler_quant.input"  # BiT's W1A2 stage: the pooler input is A2 too
 _SIZE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
               "max_position", "type_vocab_size")  # fmt: skip
 
@@ -71,8 +72,20 @@ def _hf_sizes(hf_dir: str) -> dict[str, Any]:
     return {k: getattr(sized, k) for k in (*_SIZE_KEYS, "layer_norm_eps")}
 
 
-def model_config(stage: StageSpec, size: str, hf_dir: str | None = None, **extra) -> BertConfig:
-    """The stage's preset at `size` (or at the sizes of the HF directory when `size == "hf"`)."""
+def model_config(
+    stage: StageSpec,
+    size: str,
+    hf_dir: str | None = None,
+    *,
+    pooler_follows_bits: bool = True,
+    **extra,
+) -> BertConfig:
+    """The stage's preset at `size` (or at the sizes of the HF directory when `size == "hf"`).
+
+    A stage's activation bits (`bit:a2`) apply to every elastic activation binarizer and, with
+    `pooler_follows_bits` (BiT's reference, `modeling_bert_quant.py:377-382`), to the pooler
+    input as well; `False` leaves the pooler at the preset's A1.
+    """
     overrides: dict[str, Any] = dict(extra)
     if size == "hf":
         if not hf_dir:
@@ -82,7 +95,8 @@ def model_config(stage: StageSpec, size: str, hf_dir: str | None = None, **extra
     if stage.act_bits is not None:
         if stage.method not in ("bit", "bipft"):
             raise ValueError(f"stage {stage.name}: act bits need an elastic preset (bit, bipft)")
-        for field in _ACT_FIELDS:
+        fields = (*_ACT_FIELDS, _POOLER_INPUT) if pooler_follows_bits else _ACT_FIELDS
+        for field in fields:
             overrides[f"quant.{field}.bits"] = stage.act_bits
     return get_model_config(stage.method, size, **overrides)
 
@@ -105,11 +119,12 @@ def _shapes(tree: Any) -> dict[str, tuple]:
     return {"/".join(map(str, k)): tuple(np.shape(v)) for k, v in flat.items()}
 
 
-def merge_encoder(params: dict, source: dict, what: str) -> dict:
+def merge_encoder(params: dict, source: dict, what: str, classifier: bool = True) -> dict:
     """Copy every `bert/...` leaf of `source` into `params`; any shape mismatch raises InitError.
 
     Leaves of the model missing from `source` keep their init only if they are student-only
-    (binarizer α/β, estimators, BiPFT pooler LN) or the classifier head.
+    (binarizer α/β, estimators, BiPFT pooler LN) or the classifier head. With `classifier`, a
+    source classifier of the same shape is copied too (the references start from it).
     """
     if "bert" not in source:
         raise InitError(f"{what}: no 'bert' parameters (top-level keys: {sorted(source)})")
@@ -127,7 +142,8 @@ def merge_encoder(params: dict, source: dict, what: str) -> dict:
     merged = {k: (jnp.asarray(src[k], v.dtype) if k in src else v) for k, v in flat.items()}
     out = dict(params)
     out["bert"] = traverse_util.unflatten_dict(merged)
-    if "classifier" in source and _shapes(source["classifier"]) == _shapes(params["classifier"]):
+    same = "classifier" in source and _shapes(source["classifier"]) == _shapes(params["classifier"])
+    if classifier and same:
         out["classifier"] = source["classifier"]
     return out
 
@@ -152,8 +168,16 @@ def load_initial_params(
     seed: int,
     kind: str,
     path: str = "",
+    *,
+    keep_alpha: bool = False,
+    load_classifier: bool = True,
 ) -> tuple[dict, str]:
-    """(params, description) from `kind` in INIT_KINDS; binary students get α calibrated."""
+    """(params, description) from `kind` in INIT_KINDS; binary students get α calibrated.
+
+    keep_alpha: a checkpoint that holds every α of the model keeps them (`init_alphas`).
+    load_classifier: take the source's classifier when it has one of the right shape (BiT and
+    BiBERT start the student from the fine-tuned teacher's directory, classifier included).
+    """
     if kind not in INIT_KINDS:
         raise ValueError(f"config key 'init.kind': unknown {kind!r}; choose one of {INIT_KINDS}")
     params = init_params(model, batch, seed)
@@ -165,19 +189,40 @@ def load_initial_params(
         if not Path(path).is_dir():
             raise InitError(f"init.path: Hugging Face directory not found: {path}")
         _, state = read_hf_checkpoint(path)
+        if not load_classifier:
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         try:
             variables, _ = import_hf_weights(
                 {"params": params},
                 state,
                 ignore_missing=("classifier", "bert/pooler"),
-                ignore_unexpected=("cls.", "classifier."),
+                ignore_unexpected=("cls.",),
             )
         except ValueError as e:
             raise InitError(f"init.path {path}: {e}") from None
-        params = variables["params"]
-    else:
-        params = merge_encoder(params, restore_params(path), f"init checkpoint {path}")
-    return calibrate(model, params, batch), f"{kind}:{path}"
+        return calibrate(model, variables["params"], batch), f"{kind}:{path}"
+    source = restore_params(path)
+    params = merge_encoder(params, source, f"init checkpoint {path}", load_classifier)
+    return init_alphas(model, params, batch, source, keep_alpha), f"{kind}:{path}"
+
+
+def _alpha_paths(tree: Any) -> set[tuple]:
+    return {k for k in traverse_util.flatten_dict(tree) if k[-1] == "alpha"}
+
+
+def init_alphas(
+    model: BertForSequenceClassification,
+    params: dict,
+    batch: dict,
+    source: dict,
+    keep_alpha: bool,
+) -> dict:
+    """Calibrate α from `batch`, unless `keep_alpha` and `source` (the weights `params` were
+    loaded from) holds every α of the model: then the loaded α stay, as in the references
+    (their lazy α init is skipped for a loaded α ≠ 1.0, BiPFT `utils_quant.py:51,116`)."""
+    if keep_alpha and _alpha_paths(params) <= _alpha_paths(source):
+        return params
+    return calibrate(model, params, batch)
 
 
 def calibrate(model: BertForSequenceClassification, params: dict, batch: dict) -> dict:
