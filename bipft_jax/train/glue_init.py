@@ -95,10 +95,15 @@ def model_config(
     if stage.act_bits is not None:
         if stage.method not in ("bit", "bipft"):
             raise ValueError(f"stage {stage.name}: act bits need an elastic preset (bit, bipft)")
-        fields = (*_ACT_FIELDS, _POOLER_INPUT) if pooler_follows_bits else _ACT_FIELDS
-        for field in fields:
-            overrides[f"quant.{field}.bits"] = stage.act_bits
+        overrides.update(act_bits_overrides(stage.act_bits, pooler_follows_bits))
     return get_model_config(stage.method, size, **overrides)
+
+
+def act_bits_overrides(bits: int, pooler: bool = True) -> dict[str, int]:
+    """`get_model_config` overrides that put every elastic activation binarizer (and, with
+    `pooler`, the pooler input) at `bits`."""
+    fields = (*_ACT_FIELDS, _POOLER_INPUT) if pooler else _ACT_FIELDS
+    return {f"quant.{field}.bits": bits for field in fields}
 
 
 def init_params(
