@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -151,14 +151,18 @@ def apply_teacher(
     """The teacher's outputs on a batch, in train mode (`dropout`, config key
     `kd.teacher_dropout`; BiT runs its teacher so, `kd_learner_glue.py:157`) or in eval mode
     (BiBERT, `quant_task_glue.py:405`)."""
-    if dropout and rng is None:
-        raise ValueError("apply_teacher: dropout=True needs an rng")
-    return model.apply(
+    rngs: dict[str, jax.Array] = {}
+    if dropout:
+        if rng is None:
+            raise ValueError("apply_teacher: dropout=True needs an rng")
+        rngs["dropout"] = rng
+    out = model.apply(
         {"params": params},
         batch["input_ids"],
         batch["attention_mask"],
         batch["token_type_ids"],
         deterministic=not dropout,
         return_intermediates=return_intermediates,
-        rngs={"dropout": rng} if dropout else {},
+        rngs=rngs,
     )
+    return cast(dict, out)
