@@ -99,6 +99,21 @@ def model_config(
     return get_model_config(stage.method, size, **overrides)
 
 
+def stage_model_config(cfg: Any, stage: StageSpec) -> BertConfig:
+    """A stage's model config from a `bipft finetune` config (keys `model.*`, `init.*`).
+
+    `model.pooler_follows_stage_bits` absent (a run saved before the key) = the pooler stayed
+    at A1; `model.padding_idx < 0` = no padding row.
+    """
+    m = cfg.model
+    hf_dir = cfg.init.path if cfg.init.kind == "hf" else None
+    extra: dict[str, Any] = {"num_layers": m.num_layers} if m.num_layers > 0 else {}
+    pad = m.get("padding_idx", 0)
+    extra["padding_idx"] = None if pad is None or pad < 0 else pad
+    follow = bool(m.get("pooler_follows_stage_bits", False))
+    return model_config(stage, m.size, hf_dir, pooler_follows_bits=follow, **extra)
+
+
 def act_bits_overrides(bits: int, pooler: bool = True) -> dict[str, int]:
     """`get_model_config` overrides that put every elastic activation binarizer (and, with
     `pooler`, the pooler input) at `bits`."""

@@ -29,7 +29,7 @@ from flax import traverse_util
 from bipft_jax.model.bert import BertForSequenceClassification
 from bipft_jax.model.config import BertConfig, from_config_dict, to_dict
 from bipft_jax.model.hf_import import bert_config_from_hf, import_hf_weights, read_hf_checkpoint
-from bipft_jax.train.glue_init import InitError, model_config, parse_stage, restore_params
+from bipft_jax.train.glue_init import InitError, parse_stage, restore_params, stage_model_config
 
 MODEL_CARD = "model_config.json"
 _STAGE_SUBDIRS = ("best", "final")
@@ -72,11 +72,7 @@ def _stage_config(stage_dir: Path) -> BertConfig:
     method, _, bits = name.rpartition("_a")
     spec = f"{method}:a{bits}" if method and bits.isdigit() else name
     run = load_saved_config(stage_dir.parent / "config.json")
-    m = run.model
-    hf_dir = run.init.path if run.init.kind == "hf" else None
-    layers = {"num_layers": m.num_layers} if m.num_layers > 0 else {}
-    follow = bool(m.get("pooler_follows_stage_bits", False))  # runs before the key: A1 pooler
-    return model_config(parse_stage(spec), m.size, hf_dir, pooler_follows_bits=follow, **layers)
+    return stage_model_config(run, parse_stage(spec))
 
 
 def _checkpoint_source(root: Path) -> tuple[Path, BertConfig, int | None]:

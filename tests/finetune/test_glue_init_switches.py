@@ -108,3 +108,18 @@ def test_hf_init_loads_the_classifier(tmp_path, load):
     assert same == load
     fresh = model.init(jax.random.PRNGKey(1), jnp.asarray(batch["input_ids"]))["params"]
     assert np.allclose(kernel, np.asarray(nn.unbox(fresh)["classifier"]["kernel"])) != load
+
+
+def test_stage_model_config_reads_the_switches():
+    from bipft_jax.train.glue_init import stage_model_config
+    from bipft_jax.train.glue_recipes import finetune_config
+
+    cfg = finetune_config("bit", "rte", chain="fp,bit:a2", kd="bit", optimizer="bertadam")
+    cfg.model.size, cfg.model.num_layers = "tiny", 1
+    stage = parse_stage("bit:a2")
+    got = stage_model_config(cfg, stage)
+    assert got == model_config(stage, "tiny", num_layers=1)
+    assert got.padding_idx == 0 and got.quant.pooler_quant.input.bits == 2
+    cfg.model.padding_idx, cfg.model.pooler_follows_stage_bits = -1, False
+    got = stage_model_config(cfg, stage)
+    assert got.padding_idx is None and got.quant.pooler_quant.input.bits == 1
