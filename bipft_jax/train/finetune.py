@@ -32,27 +32,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from bipft_jax import paths
-from bipft_jax.data.glue import GlueDataError, TaskSpec, write_submission
-from bipft_jax.data.glue_metrics import task_metrics
+from bipft_jax.data.glue import GlueDataError, TaskSpec
 from bipft_jax.data.tokenizer import BertTokenizer
 from bipft_jax.model.bert import BertForSequenceClassification
-from bipft_jax.model.config import from_config_dict, to_dict
 from bipft_jax.parallel import get_rules, make_mesh, shard_host_batch
 from bipft_jax.parallel.distributed import add_distributed_args, maybe_initialize_distributed
 from bipft_jax.train import glue_data
 from bipft_jax.train.checkpoint import CheckpointManager, install_sigterm_handler
 from bipft_jax.train.config_io import ConfigDict, config_from_argv, config_hash, save_config
+from bipft_jax.train.glue_eval import evaluate, predict, write_predictions
 from bipft_jax.train.glue_init import (
     StageSpec,
-    calibrate,
+    init_alphas,
     init_params,
     load_initial_params,
     merge_encoder,
-    model_config,
     parse_chain,
     restore_params,
+    stage_model_config,
 )
-from bipft_jax.train.glue_kd import check_kd_kind, finetune_loss, needs_intermediates
+from bipft_jax.train.glue_kd import check_kd_kind, finetune_loss, loss_options, needs_intermediates
+from bipft_jax.train.glue_rules import eval_rules, student_dropout_on
+from bipft_jax.train.glue_teacher import Teacher, apply_teacher, load_teacher
 from bipft_jax.train.loop import (
     LoopHooks,
     TrainState,
@@ -64,10 +65,10 @@ from bipft_jax.train.loop import (
     with_numel_multiplier,
 )
 from bipft_jax.train.metrics import MetricWriter, ProgressLogger
-from bipft_jax.train.optim import make_optimizer, make_schedule, resolve_optimizer_config
+from bipft_jax.train.model_card import write_model_card
+from bipft_jax.train.optim import lr_schedule, make_optimizer
 
 RESULTS = "results.json"
-MODEL_CONFIG = "model_config.json"
 
 
 @dataclasses.dataclass
@@ -93,54 +94,6 @@ def load_task_data(cfg: ConfigDict) -> TaskData:
     return TaskData(spec, split("train", cfg.max_train_rows), dev, test)
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-
-def _local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """This process's slice of a global batch (all processes hold the same global batch)."""
-    n, p = len(batch["input_ids"]), jax.process_count()
-    i = jax.process_index()
-    return {k: v[i * n // p : (i + 1) * n // p] for k, v in batch.items()}
-
-
-def predict(eval_step, state, data: dict[str, np.ndarray], cfg: ConfigDict, mesh) -> np.ndarray:
-    """Logits [N, C] of a split in file order (length-sorted, bucketed batches)."""
-    out: np.ndarray | None = None
-    tr = cfg.train
-    for batch, rows in glue_data.eval_batches(data, tr.eval_batch_size, tr.pad_multiple):
-        logits = np.asarray(eval_step(state, shard_host_batch(_local_rows(batch), mesh)))
-        if out is None:
-            out = np.zeros((len(data["labels"]), logits.shape[-1]), logits.dtype)
-        out[rows] = logits[: len(rows)]
-    assert out is not None
-    return out
-
-
-def evaluate(eval_step, state, task: TaskData, cfg: ConfigDict, mesh) -> dict[str, dict]:
-    """All metrics per dev split (MNLI: dev_matched and dev_mismatched)."""
-    return {
-        name: task_metrics(
-            task.spec.name, predict(eval_step, state, data, cfg, mesh), data["labels"]
-        )
-        for name, data in task.dev.items()
-    }
-
-
-def main_score(metrics: dict[str, dict[str, float]]) -> float:
-    """The selection score: the main metric of the first dev split (MNLI-m)."""
-    return next(iter(metrics.values()))["main"]
-
-
-def write_predictions(eval_step, state, task: TaskData, cfg, mesh, out: Path) -> list[str]:
-    files = []
-    for split, data in task.test.items():
-        logits = predict(eval_step, state, data, cfg, mesh)
-        preds = logits[:, 0] if task.spec.is_regression else logits.argmax(-1)
-        name = split if len(task.test) > 1 else None
-        files.append(str(write_submission(task.spec.name, preds.tolist(), out, name)))
-    return files
-
-
 # ----------------------------------------------------------------------------- stage pieces
 
 
@@ -158,75 +111,23 @@ def _optimizer_config(cfg: ConfigDict, lr: float, total: int) -> dict:
     )
 
 
-def _save_params(directory: Path, step: int, params: Any, extra: dict, model_cfg) -> None:
-    """Params-only checkpoint (``best/``, ``final/``) plus the model config beside it."""
+def _save_params(directory: Path, step: int, params: Any, extra: dict, model_cfg, labels) -> None:
+    """Params-only checkpoint (``best/``, ``final/``) plus the model card beside it."""
     with CheckpointManager(directory, max_to_keep=1, async_save=False) as mngr:
         mngr.save(step, {"params": params}, extra, force=True)
     if jax.process_index() == 0:
-        (directory / MODEL_CONFIG).write_text(json.dumps(to_dict(model_cfg), indent=2))
+        write_model_card(directory, model_cfg, labels, stage=extra["stage"], task=extra["task"])
 
 
-def load_stage_model(path: str | Path) -> tuple[Any, dict]:
-    """(BertConfig, params) of a finished stage's ``best/`` or ``final/`` directory."""
-    root = Path(path)
-    cfg_file = root / MODEL_CONFIG
-    if not cfg_file.is_file():
-        raise FileNotFoundError(
-            f"{root} is not a `bipft finetune` result ({MODEL_CONFIG} missing); "
-            "give a stage's best/ or final/ directory"
-        )
-    return from_config_dict(json.loads(cfg_file.read_text())), restore_params(str(root))
-
-
-def _model_config(cfg: ConfigDict, stage: StageSpec, numel_k: int):
-    kw: dict[str, Any] = {"dtype": cfg.model.dtype, **cfg.model.overrides.to_dict()}
-    if cfg.model.num_layers > 0:
-        kw["num_layers"] = cfg.model.num_layers
-    hf_dir, size = None, cfg.model.size
-    if size == "hf" and cfg.init.kind == "checkpoint":  # sizes of the checkpoint's model
-        src = _stage_model_config(cfg.init.path)
-        size = "base"
-        kw.update({k: getattr(src, k) for k in glue_init_size_keys()})
-    elif size == "hf":
-        hf_dir = resolve_init_dir(cfg.init.path)
-    mcfg = model_config(stage, size, hf_dir, **kw)
-    return with_numel_multiplier(mcfg, numel_k) if numel_k > 1 else mcfg
-
-
-def glue_init_size_keys() -> tuple[str, ...]:
-    from bipft_jax.train.glue_init import SIZE_KEYS
-
-    return (*SIZE_KEYS, "layer_norm_eps")
-
-
-def _stage_model_config(path: str):
-    """The ``model_config.json`` of a checkpoint directory (ours) or of its parent workdir."""
-    for d in (Path(path), Path(path).parent):
-        f = d / MODEL_CONFIG
-        if f.is_file():
-            return from_config_dict(json.loads(f.read_text()))
-    raise FileNotFoundError(
-        f"model.size='hf' with init.kind=checkpoint needs {MODEL_CONFIG} in {path} "
-        "(written by bipft pretrain / finetune); or set model.size"
-    )
-
-
-def resolve_init_dir(path: str) -> str:
-    from bipft_jax.train.pretrain import resolve_model_dir
-
-    return resolve_model_dir(path)
-
-
-def _initial_params(cfg, model, first, index, init, teacher_params) -> tuple[dict, str]:
+def _initial_params(cfg, model, first, index, init) -> tuple[dict, str]:
     """Host params of the stage's start: previous stage's weights, or ``init`` of the config."""
     if isinstance(init, dict):
         fresh = init_params(model, first, cfg.seed + index)
-        params, new = merge_encoder(fresh, init, f"stage {index - 1} weights")
-        return calibrate(model, params, first, only=new), f"stage {index - 1}"
-    kind, path = init
-    if kind == "hf":
-        path = resolve_init_dir(path)
-    return load_initial_params(model, first, cfg.seed, kind, path)
+        what = f"stage {index - 1} weights"
+        params, new = merge_encoder(fresh, init, what, cfg.init.load_classifier)
+        return init_alphas(model, params, first, new, cfg.init.keep_alpha), f"stage {index - 1}"
+    return load_initial_params(model, first, cfg.seed, *init, keep_alpha=cfg.init.keep_alpha,
+                               load_classifier=cfg.init.load_classifier)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -254,7 +155,7 @@ def run_stage(
     index: int,
     workdir: Path,
     init: tuple[str, str] | dict,
-    teacher: tuple[BertForSequenceClassification, dict] | None,
+    teacher: Teacher | None,
 ) -> tuple[dict, BertForSequenceClassification, dict | None]:
     """Train (or resume, or reuse a finished) stage; returns (results, model, best params).
 
@@ -264,7 +165,9 @@ def run_stage(
     spec, tr = task.spec, cfg.train
     out_dir = workdir / f"{index}_{stage.name}"
     main_proc = jax.process_index() == 0
-    mcfg = _model_config(cfg, stage, tr.grad_accum_steps)
+    mcfg = stage_model_config(cfg, stage)
+    if tr.grad_accum_steps > 1:  # elastic α gradients as for the full batch
+        mcfg = with_numel_multiplier(mcfg, tr.grad_accum_steps)
     model = BertForSequenceClassification(mcfg, num_labels=spec.num_labels)
     done = _finished(out_dir, cfg)
     if done is not None:
@@ -279,27 +182,25 @@ def run_stage(
     if per_epoch == 0:
         raise ValueError(f"{spec.name}: {n} training rows < batch_size {tr.batch_size}")
     total = tr.max_steps if tr.max_steps > 0 else int(tr.epochs * per_epoch)
-    lr = tr.teacher_lr if (index == 0 and len(parse_chain(cfg.chain)) > 1) else tr.lr
-    opt_cfg = resolve_optimizer_config(_optimizer_config(cfg, lr, total))
-    tx = make_optimizer(_optimizer_config(cfg, lr, total))
-    lr_fn = make_schedule(opt_cfg["schedule"], opt_cfg["lr"], opt_cfg["warmup_steps"],
-                          opt_cfg["total_steps"], opt_cfg["end_lr"])  # fmt: skip
+    eval_every = tr.eval_every if tr.eval_every > 0 else per_epoch
+    is_teacher_stage = index == 0 and len(parse_chain(cfg.chain)) > 1 and not cfg.kd.teacher_path
+    lr = tr.teacher_lr if is_teacher_stage else tr.lr
+    opt_cfg = _optimizer_config(cfg, lr, total)
+    tx, lr_fn = make_optimizer(opt_cfg), lr_schedule(opt_cfg)
     first = glue_data.train_batch(task.train, tr.batch_size, cfg.seed + index, 0, tr.pad_multiple)
-    params, init_desc = _initial_params(cfg, model, first, index, init, None)
+    params, init_desc = _initial_params(cfg, model, first, index, init)
 
     ids = jnp.asarray(first["input_ids"][:1])
-    sh = train_state_shardings(lambda r: model.init(r, ids)["params"], tx, mesh, rules,
-                               jax.random.PRNGKey(0))  # fmt: skip
+    boxed = lambda m: lambda r: m.init(r, ids)["params"]  # noqa: E731
+    sh = train_state_shardings(boxed(model), tx, mesh, rules, jax.random.PRNGKey(0))
     state = _place_state(params, tx, sh, mesh)
     del params
-    consts, const_sh, t_model = (), (), None
+    consts, const_sh = (), ()
     if teacher is not None:
-        t_model, t_host = teacher
-        t_sh = train_state_shardings(lambda r: t_model.init(r, ids)["params"], tx, mesh, rules,
+        t_sh = train_state_shardings(boxed(teacher.model), tx, mesh, rules,
                                      jax.random.PRNGKey(0)).params  # fmt: skip
-        consts, const_sh = (jax.device_put(t_host, t_sh),), (t_sh,)
+        consts, const_sh = (jax.device_put(teacher.params, t_sh),), (t_sh,)
 
-    eval_every = tr.eval_every if tr.eval_every > 0 else per_epoch
     ckpt = CheckpointManager(out_dir, tr.keep_checkpoints, tr.save_every or eval_every,
                              tr.async_checkpoint)  # fmt: skip
     progress = Progress([], {"score": None})
@@ -311,32 +212,61 @@ def run_stage(
             print(f"[{spec.name} {stage.name}] resumed at step {start}/{total}", flush=True)
 
     inter = needs_intermediates(kd)
+    kd_options = loss_options(cfg.kd)
 
-    def loss_fn(params, batch, rng, *teacher_params):
-        args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        out = model.apply({"params": params}, *args, deterministic=False,
-                          return_intermediates=inter, rngs={"dropout": rng})  # fmt: skip
-        t_out = None
-        if t_model is not None:
-            t_out = t_model.apply({"params": teacher_params[0]}, *args,
-                                  return_intermediates=inter)  # fmt: skip
-        return finetune_loss(kd, out, t_out, batch["labels"], is_regression=spec.is_regression,
-                             temperature=cfg.kd.temperature, gt_beta=cfg.kd.gt_beta)  # fmt: skip
+    def make_loss(dropout: bool):
+        def loss_fn(params, batch, rng, *teacher_params):
+            args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            out = model.apply({"params": params}, *args, deterministic=not dropout,
+                              return_intermediates=inter, rngs={"dropout": rng})  # fmt: skip
+            t_out = None
+            if teacher is not None:
+                t_out = apply_teacher(teacher.model, teacher_params[0], batch,
+                                      dropout=cfg.kd.teacher_dropout,
+                                      rng=jax.random.fold_in(rng, 1),
+                                      return_intermediates=inter)  # fmt: skip
+            return finetune_loss(kd, out, t_out, batch["labels"],
+                                 is_regression=spec.is_regression, **kd_options)  # fmt: skip
 
-    step_fn = make_train_step(loss_fn, tx, tr.grad_accum_steps, cfg.seed + index, lr_fn)
-    train_step = jit_step(step_fn, mesh, rules, sh, const_shardings=const_sh)
+        return loss_fn
 
-    def logits_fn(state, batch):
-        return model.apply({"params": state.params}, batch["input_ids"],
-                           batch["attention_mask"], batch["token_type_ids"])["logits"]  # fmt: skip
+    def jitted_step(dropout: bool):
+        fn = make_train_step(make_loss(dropout), tx, tr.grad_accum_steps, cfg.seed + index, lr_fn)
+        return jit_step(fn, mesh, rules, sh, const_shardings=const_sh)
+
+    steps, host_step = {True: jitted_step(True)}, [start]  # the step count, without a sync
+
+    def train_step(st: TrainState, batch):
+        on = student_dropout_on(host_step[0], mode=tr.student_dropout, steps_per_epoch=per_epoch,
+                                eval_every=eval_every, total_steps=total)  # fmt: skip
+        if on not in steps:
+            steps[on] = jitted_step(on)
+        host_step[0] += 1
+        return steps[on](st, batch, *consts)
+
+    def logits_fn(st, batch):
+        return model.apply({"params": st.params}, batch["input_ids"], batch["attention_mask"],
+                           batch["token_type_ids"])["logits"]  # fmt: skip
 
     eval_step = jit_step(logits_fn, mesh, rules, sh, returns_state=False)
     writer = MetricWriter(out_dir, tensorboard=False)
     extra = {"task": spec.name, "stage": stage.name, "seed": cfg.seed}
+    rule = eval_rules(cfg.eval.selection, cfg.eval.mnli_mm, spec.name)
+
+    def predict_split(st):
+        return lambda data: predict(eval_step, st, data, tr.eval_batch_size, tr.pad_multiple,
+                                    mesh)  # fmt: skip
 
     def on_eval(st: TrainState, step: int) -> None:
-        metrics = evaluate(eval_step, st, task, cfg, mesh)
-        score = main_score(metrics)
+        pred = predict_split(st)
+        metrics = evaluate(
+            pred, spec.name, task.dev, rule.splits(list(task.dev), final=step == total)
+        )
+        score = rule.score(metrics)
+        improved = progress.best["score"] is None or score > progress.best["score"]
+        if improved:
+            more = rule.splits_if_improved(list(task.dev))
+            metrics.update(evaluate(pred, spec.name, task.dev, more))
         progress.history.append({"step": step, "metrics": metrics})
         writer.write_scalars(
             step, {f"eval/{s}/{k}": v for s, m in metrics.items() for k, v in m.items()}
@@ -344,9 +274,10 @@ def run_stage(
         if main_proc:
             print(f"[{spec.name} {stage.name}] step {step}/{total} dev {json.dumps(metrics)}",
                   flush=True)  # fmt: skip
-        if progress.best["score"] is None or score > progress.best["score"]:
+        if improved:
             progress.best = {"score": score, "step": step, "metrics": metrics}
-            _save_params(out_dir / "best", step, st.params, {**extra, "metrics": metrics}, mcfg)
+            _save_params(out_dir / "best", step, st.params, {**extra, "metrics": metrics}, mcfg,
+                         spec.num_labels)  # fmt: skip
 
     if start and start % eval_every == 0 and not any(h["step"] == start for h in progress.history):
         on_eval(state, start)  # the checkpoint at `start` was written before its evaluation
@@ -369,9 +300,9 @@ def run_stage(
     )  # fmt: skip
     hooks = LoopHooks(on_log, on_eval, lambda: {**extra, **progress.to_json()})
     try:
-        state, status = run_loop(state, lambda s, b: train_step(s, b, *consts), batches, start,
-                                 total, checkpoint=ckpt, log_every=tr.log_every,
-                                 eval_every=eval_every, hooks=hooks)  # fmt: skip
+        state, status = run_loop(state, train_step, batches, start, total, checkpoint=ckpt,
+                                 log_every=tr.log_every, eval_every=eval_every,
+                                 hooks=hooks)  # fmt: skip
     finally:
         ckpt.close()
         writer.close()
@@ -380,26 +311,30 @@ def run_stage(
     if not any(h["step"] == total for h in progress.history):
         on_eval(state, total)
     final = next(h for h in progress.history if h["step"] == total)
-    _save_params(out_dir / "final", total, state.params, {**extra, **final}, mcfg)
+    _save_params(out_dir / "final", total, state.params, {**extra, **final}, mcfg,
+                 spec.num_labels)  # fmt: skip
     results = {
         "status": "done", "task": spec.name, "stage": stage.name, "stage_index": index, "kd": kd,
+        "teacher": teacher.description if teacher is not None else None,
         "seed": cfg.seed, "lr": lr, "init": init_desc, "steps": total, "train_rows": n,
         "config_hash": config_hash(cfg), "pad_multiple": tr.pad_multiple,
+        "eval_rules": rule.record(),
         "best": {"step": progress.best["step"], "metrics": progress.best["metrics"]},
         "final": {"step": total, "metrics": final["metrics"]},
         "history": progress.history, "seconds": round(time.time() - t0, 2),
     }  # fmt: skip
+    best_params = restore_params(str(out_dir / "best"))
     if task.test:
-        best_state = state._replace(params=jax.device_put(restore_params(str(out_dir / "best")),
-                                                          sh.params))  # fmt: skip
+        best_state = state._replace(params=jax.device_put(best_params, sh.params))
         results["submission"] = write_predictions(
-            eval_step, best_state, task, cfg, mesh, out_dir / "submission"
-        )
+            predict_split(best_state), spec.name, spec.is_regression, task.test,
+            out_dir / "submission",
+        )  # fmt: skip
     if main_proc:
         (out_dir / RESULTS).write_text(json.dumps(results, indent=2))
         if not tr.keep_state:  # the params live on in best/ and final/
             shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    return results, model, restore_params(str(out_dir / "best"))
+    return results, model, best_params
 
 
 def _finished(out_dir: Path, cfg: ConfigDict) -> dict | None:
@@ -419,20 +354,12 @@ def _finished(out_dir: Path, cfg: ConfigDict) -> dict | None:
 # ----------------------------------------------------------------------------- whole command
 
 
-def _ready_teacher(cfg: ConfigDict) -> tuple[BertForSequenceClassification, dict] | None:
-    """A finished stage (``kd.teacher_path``: its best/ or final/) as the KD teacher, as is."""
-    if not cfg.kd.teacher_path:
-        return None
-    t_cfg, params = load_stage_model(cfg.kd.teacher_path)
-    spec = glue_data.resolve_task(cfg.task)
-    return BertForSequenceClassification(t_cfg, num_labels=spec.num_labels), params
-
-
 def run(cfg: ConfigDict, workdir: str | Path) -> dict:
     """Fine-tune every stage of `cfg.chain`; writes and returns `<workdir>/results.json`."""
     check_kd_kind(cfg.kd.kind)
     stages = parse_chain(cfg.chain)
-    teacher = _ready_teacher(cfg)
+    spec = glue_data.resolve_task(cfg.task)
+    teacher = load_teacher(cfg.kd.teacher_path, spec.num_labels) if cfg.kd.teacher_path else None
     if cfg.kd.kind == "none" and (len(stages) > 1 or teacher is not None):
         raise ValueError(f"chain {cfg.chain!r} or kd.teacher_path distils, but kd.kind='none'")
     if cfg.kd.kind != "none" and len(stages) == 1 and teacher is None:
@@ -452,7 +379,7 @@ def run(cfg: ConfigDict, workdir: str | Path) -> dict:
         all_results.append(results)
         if results["status"] != "done":
             return {"status": results["status"], "stages": all_results}
-        init, teacher = best_params, (model, best_params)
+        init, teacher = best_params, Teacher(model, best_params, f"stage {i}")
     summary = {
         "status": "done", "task": task.spec.name, "seed": cfg.seed, "chain": cfg.chain,
         "config_hash": config_hash(cfg), "stages": all_results, "result": all_results[-1],

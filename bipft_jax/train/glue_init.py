@@ -19,14 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from bipft_jax import paths
 from bipft_jax.model.bert import BertForSequenceClassification
 from bipft_jax.model.config import BertConfig
 from bipft_jax.model.hf_import import bert_config_from_hf, import_hf_weights, read_hf_checkpoint
 from bipft_jax.model.presets import METHODS, get_model_config
 from bipft_jax.quant.layers import calibrate_alphas
+from bipft_jax.train.model_card import find_model_card, read_model_card
 
 INIT_KINDS = ("scratch", "hf", "checkpoint")
 _ACT_FIELDS = ("linear_input", "ffn_out_input", "qkv", "probs")
+_POOLER_INPUT = "pooler_quant.input"  # BiT's W1A2 stage: the pooler input is A2 too
 SIZE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
               "max_position", "type_vocab_size")  # fmt: skip
 
@@ -71,8 +74,20 @@ def hf_sizes(hf_dir: str) -> dict[str, Any]:
     return {k: getattr(sized, k) for k in (*SIZE_KEYS, "layer_norm_eps")}
 
 
-def model_config(stage: StageSpec, size: str, hf_dir: str | None = None, **extra) -> BertConfig:
-    """The stage's preset at `size` (or at the sizes of the HF directory when `size == "hf"`)."""
+def model_config(
+    stage: StageSpec,
+    size: str,
+    hf_dir: str | None = None,
+    *,
+    pooler_follows_bits: bool = True,
+    **extra,
+) -> BertConfig:
+    """The stage's preset at `size` (or at the sizes of the HF directory when `size == "hf"`).
+
+    A stage's activation bits (`bit:a2`) apply to every elastic activation binarizer and, with
+    `pooler_follows_bits` (BiT's reference, `modeling_bert_quant.py:377-382`), to the pooler
+    input as well; `False` leaves the pooler at the preset's A1.
+    """
     overrides: dict[str, Any] = dict(extra)
     if size == "hf":
         if not hf_dir:
@@ -82,9 +97,42 @@ def model_config(stage: StageSpec, size: str, hf_dir: str | None = None, **extra
     if stage.act_bits is not None:
         if stage.method not in ("bit", "bipft"):
             raise ValueError(f"stage {stage.name}: act bits need an elastic preset (bit, bipft)")
-        for field in _ACT_FIELDS:
-            overrides[f"quant.{field}.bits"] = stage.act_bits
+        overrides.update(act_bits_overrides(stage.act_bits, pooler_follows_bits))
     return get_model_config(stage.method, size, **overrides)
+
+
+def stage_model_config(cfg: Any, stage: StageSpec) -> BertConfig:
+    """A stage's model config from a `bipft finetune` config (keys `model.*`, `init.*`).
+
+    `model.size = "hf"` takes the sizes of `init.path`: a Hugging Face directory (or "minilm"),
+    or, with `init.kind = checkpoint`, the model card beside one of our checkpoints.
+    `model.pooler_follows_stage_bits` absent (a run saved before the key) = the pooler stayed
+    at A1; `model.padding_idx < 0` = no padding row; `model.overrides`: nested BertConfig /
+    QuantSpec fields.
+    """
+    m = cfg.model
+    extra: dict[str, Any] = {"num_layers": m.num_layers} if m.num_layers > 0 else {}
+    pad = m.get("padding_idx", 0)
+    extra["padding_idx"] = None if pad is None or pad < 0 else pad
+    extra["dtype"] = m.get("dtype", "float32")
+    overrides = m.get("overrides", None)
+    extra.update(overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides or {}))
+    follow = bool(m.get("pooler_follows_stage_bits", False))
+    size, hf_dir = m.size, None
+    if size == "hf" and cfg.init.kind == "checkpoint":
+        source, _, _ = read_model_card(find_model_card(cfg.init.path))
+        size = "base"
+        extra = {**{k: getattr(source, k) for k in (*SIZE_KEYS, "layer_norm_eps")}, **extra}
+    elif size == "hf":
+        hf_dir = paths.resolve_model_dir(cfg.init.path) if cfg.init.path else None
+    return model_config(stage, size, hf_dir, pooler_follows_bits=follow, **extra)
+
+
+def act_bits_overrides(bits: int, pooler: bool = True) -> dict[str, int]:
+    """`get_model_config` overrides that put every elastic activation binarizer (and, with
+    `pooler`, the pooler input) at `bits`."""
+    fields = (*_ACT_FIELDS, _POOLER_INPUT) if pooler else _ACT_FIELDS
+    return {f"quant.{field}.bits": bits for field in fields}
 
 
 def init_params(
@@ -105,12 +153,15 @@ def _shapes(tree: Any) -> dict[str, tuple]:
     return {"/".join(map(str, k)): tuple(np.shape(v)) for k, v in flat.items()}
 
 
-def merge_encoder(params: dict, source: dict, what: str) -> tuple[dict, set[str]]:
+def merge_encoder(
+    params: dict, source: dict, what: str, classifier: bool = True
+) -> tuple[dict, set[str]]:
     """Copy every `bert/...` leaf of `source` into `params`; any shape mismatch raises InitError.
 
     Leaves of the model missing from `source` keep their init (binarizer α/β, estimators, BiPFT
-    pooler LN of an FP source; the classifier of a pretraining checkpoint). Returns the merged
-    params and the paths ("bert/.../alpha") of the leaves that kept their init.
+    pooler LN of an FP source; the classifier of a pretraining checkpoint). With `classifier`, a
+    source classifier of the same shape is copied too (the references start from it). Returns
+    the merged params and the paths ("bert/.../alpha") of the leaves that kept their init.
     """
     if "bert" not in source:
         raise InitError(f"{what}: no 'bert' parameters (top-level keys: {sorted(source)})")
@@ -129,7 +180,8 @@ def merge_encoder(params: dict, source: dict, what: str) -> tuple[dict, set[str]
     new = {"bert/" + "/".join(k) for k in flat if k not in src}
     out = dict(params)
     out["bert"] = traverse_util.unflatten_dict(merged)
-    if "classifier" in source and _shapes(source["classifier"]) == _shapes(params["classifier"]):
+    same = "classifier" in source and _shapes(source["classifier"]) == _shapes(params["classifier"])
+    if classifier and same:
         out["classifier"] = source["classifier"]
     else:
         new |= {"classifier/" + k for k in _shapes(params["classifier"])}
@@ -156,12 +208,18 @@ def load_initial_params(
     seed: int,
     kind: str,
     path: str = "",
+    *,
+    keep_alpha: bool = True,
+    load_classifier: bool = True,
 ) -> tuple[dict, str]:
     """(params, description) from `kind` in INIT_KINDS.
 
-    Quantizer parameters (α, β) and estimators that the source holds are kept as loaded (a
-    binary-pretrained checkpoint keeps its learned α); only parameters new to the model (a binary
-    student initialised from FP weights) are calibrated on ``batch``.
+    keep_alpha: quantizer parameters (α, β) and estimators that the source holds stay as loaded
+    (a binary-pretrained checkpoint keeps its learned α, as the references' lazy α init does);
+    only parameters new to the model (a binary student initialised from FP weights) are
+    calibrated on ``batch``. False re-derives every α from ``batch``.
+    load_classifier: take the source's classifier when it has one of the right shape (BiT and
+    BiBERT start the student from the fine-tuned teacher's directory, classifier included).
     """
     if kind not in INIT_KINDS:
         raise ValueError(f"config key 'init.kind': unknown {kind!r}; choose one of {INIT_KINDS}")
@@ -171,22 +229,40 @@ def load_initial_params(
     if not path:
         raise ValueError(f"config key 'init.path' is required with init.kind={kind!r}")
     if kind == "hf":
-        if not Path(path).is_dir():
+        if path != "minilm" and not Path(path).is_dir():
             raise InitError(f"init.path: Hugging Face directory not found: {path}")
+        path = paths.resolve_model_dir(path)
         _, state = read_hf_checkpoint(path)
+        if not load_classifier:
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         try:
             variables, report = import_hf_weights(
                 {"params": params},
                 state,
                 ignore_missing=("classifier", "bert/pooler"),
-                ignore_unexpected=("cls.", "classifier."),
+                ignore_unexpected=("cls.",),
             )
         except ValueError as e:
             raise InitError(f"init.path {path}: {e}") from None
         params, new = variables["params"], set(report["kept_at_init"])
     else:
-        params, new = merge_encoder(params, restore_params(path), f"init checkpoint {path}")
-    return calibrate(model, params, batch, only=new), f"{kind}:{path}"
+        params, new = merge_encoder(
+            params, restore_params(path), f"init checkpoint {path}", load_classifier
+        )
+    return init_alphas(model, params, batch, new, keep_alpha), f"{kind}:{path}"
+
+
+def init_alphas(
+    model: BertForSequenceClassification,
+    params: dict,
+    batch: dict,
+    new: set[str],
+    keep_alpha: bool = True,
+) -> dict:
+    """Calibrate α from ``batch``: only the parameters in ``new`` (not loaded from the source)
+    with ``keep_alpha``, else every α (BiPFT `utils_quant.py:51,116` skips the lazy init of a
+    loaded α ≠ 1.0)."""
+    return calibrate(model, params, batch, only=new if keep_alpha else None)
 
 
 def calibrate(

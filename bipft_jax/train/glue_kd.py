@@ -33,6 +33,18 @@ def needs_intermediates(kind: str) -> bool:
     return kind in ("bit", "bibert")
 
 
+def loss_options(kd: Mapping[str, Any]) -> dict[str, Any]:
+    """`finetune_loss` keyword arguments from the config's `kd` block (`cfg.kd`):
+
+    finetune_loss(kind, s_out, t_out, labels, is_regression=..., **loss_options(cfg.kd))
+    """
+    return {
+        "temperature": kd["temperature"],
+        "gt_beta": kd["gt_beta"],
+        "regression_logit_mse": kd.get("regression_logit_mse", True),
+    }
+
+
 def label_loss(logits: jax.Array, labels: jax.Array, is_regression: bool) -> jax.Array:
     """CE on class ids, or MSE on the single regression logit (STS-B)."""
     if is_regression:

