@@ -198,17 +198,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tfds-data-dir", default=None, help="TFDS data_dir (may be gs://...)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--doc-split", default="auto", choices=DOC_SPLITS)
-    p.add_argument("--vocab", default=str(paths.default_vocab_file()))
+    p.add_argument(
+        "--vocab", default=None, help="vocab.txt (default: the data directory's BERT vocab)"
+    )
     p.add_argument("--out", required=True, help="output directory (must not hold a manifest)")
     p.add_argument("--shard-size", type=int, default=10_000, help="documents per shard")
     p.add_argument("--max-docs", type=int, default=None)
     a = p.parse_args(argv)
     try:
         prepare(
-            a.out, a.vocab, a.input, a.tfds, a.tfds_split, a.tfds_data_dir, a.text_field,
-            a.doc_split, a.shard_size, a.max_docs,
+            a.out, a.vocab or paths.default_vocab_file(), a.input, a.tfds, a.tfds_split,
+            a.tfds_data_dir, a.text_field, a.doc_split, a.shard_size, a.max_docs,
         )  # fmt: skip
-    except (CorpusError, ValueError) as e:
+    except (CorpusError, ValueError, FileNotFoundError) as e:
         print(f"bipft prepare: error: {e}", file=sys.stderr)
         return 1
     return 0
