@@ -122,28 +122,29 @@ def read_manifest(prepared_dir: str | Path) -> dict:
 
 
 def load_prepared(prepared_dir: str | Path) -> tuple[TokenizedCorpus, dict]:
-    """Read every shard of a prepared corpus into memory (uint16 tokens)."""
-    from array_record.python.array_record_module import ArrayRecordReader
+    """Read every shard of a prepared corpus into memory (uint16 tokens) through grain's
+    `ArrayRecordDataSource` (the example builder needs random access to every document)."""
+    import grain
 
     manifest = read_manifest(prepared_dir)
-    lens, toks = [], []  # per document: sentence lengths, tokens (no per-sentence arrays)
+    files = []
     for shard in manifest["shards"]:
         path = Path(prepared_dir) / shard["file"]
         if not path.is_file():
             raise CorpusError(f"{path}: shard listed in {MANIFEST} is missing")
-        reader = ArrayRecordReader(str(path))
-        try:
-            if reader.num_records() != shard["num_docs"]:
-                raise CorpusError(
-                    f"{path}: {reader.num_records()} records, manifest says {shard['num_docs']}"
-                )
-            for rec in reader.read_all():
-                arr = np.frombuffer(rec, "<i4")
-                n = int(arr[0])
-                lens.append(arr[1 : n + 1])
-                toks.append(arr[n + 1 :])
-        finally:
-            reader.close()
+        files.append(str(path))
+    source = grain.sources.ArrayRecordDataSource(files)
+    if len(source) != manifest["num_docs"]:
+        raise CorpusError(
+            f"{prepared_dir}: {len(source)} records in the shards, {MANIFEST} says "
+            f"{manifest['num_docs']}"
+        )
+    lens, toks = [], []  # per document: sentence lengths, tokens (no per-sentence arrays)
+    for rec in source.__getitems__(range(len(source))):
+        arr = np.frombuffer(rec, "<i4")
+        n = int(arr[0])
+        lens.append(arr[1 : n + 1])
+        toks.append(arr[n + 1 :])
     dtype = np.uint16 if manifest["settings"]["vocab_size"] <= 65535 else np.int32
     sent_lens = np.concatenate(lens).astype(np.int64)
     corpus = TokenizedCorpus(
