@@ -116,9 +116,7 @@ def get_model_config(method: str, size: str, **overrides: Any) -> BertConfig:
     return apply_overrides(from_config_dict(get_model_config_dict(method, size)), overrides)
 
 
-def apply_overrides(
-    config: BertConfig, overrides: Mapping[str, Any] | Sequence[str] | None
-) -> BertConfig:
+def apply_overrides(config: BertConfig, overrides: Any) -> BertConfig:
     """`config` with `overrides` applied and validated.
 
     `overrides`: a mapping (dict or ConfigDict) of dotted keys or nested groups, e.g.
@@ -131,7 +129,7 @@ def apply_overrides(
     if isinstance(overrides, str):
         raise ValueError(f"model overrides: expected KEY=VALUE strings or a mapping: {overrides!r}")
     mapping = isinstance(overrides, Mapping) or hasattr(overrides, "to_dict")  # dict, ConfigDict
-    items = _flatten(overrides if mapping else parse_overrides(overrides))
+    items = _flatten(overrides) if mapping else _flatten(parse_overrides(overrides))
     data = to_dict(config)
     for key, value in items.items():
         old = _current(config, key)
@@ -142,7 +140,8 @@ def apply_overrides(
     return from_config_dict(data)
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of a nested mapping or ConfigDict (dotted keys may appear too)."""
     if hasattr(tree, "to_dict"):
         tree = tree.to_dict()
     out: dict[str, Any] = {}
