@@ -296,7 +296,7 @@ class PackedModel:
         try:
             config = from_config_dict(manifest["config"])
             head, num_labels = str(manifest["head"]), int(manifest["num_labels"])
-            build_model(config, head, max(num_labels, 1))
+            build_model(config, head, max(num_labels, 1))  # checks the head name
         except (KeyError, TypeError, ValueError) as e:
             raise PackedFormatError(f"{where}: bad manifest config/head: {e}") from e
         tensors, records = _unstack_layers(tensors, manifest["tensors"], where)
