@@ -27,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bipft_jax.infer import native
+from bipft_jax.infer.kernels import binary_linear
 from bipft_jax.infer.packing import pack_matrix
-from bipft_jax.infer.xnor import binary_linear, xnor_matmul
+from bipft_jax.infer.xnor import xnor_matmul
 
 SHAPES = [(128, 768, 768), (128, 768, 3072), (128, 3072, 768), (512, 768, 3072)]
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -157,6 +157,9 @@ def render_md(r: dict) -> str:
     lines = [
         "# Pretraining loader throughput",
         "",
+        "Loader: `PretrainLoader`, a grain pipeline (`MapDataset.range(step, ...)` mapped by the "
+        "local-batch builder; `mp_prefetch` workers).",
+        "",
         f"CPU: {r['cpu']['model_name']} ({r['cpu']['cpus']} cores, shared; load average at start "
         f"{', '.join(f'{x:.1f}' for x in r['cpu']['load_average_at_start'])}). Batch "
         f"{s['batch_size']} x {s['seq_len']}, medians of {s['repeats']} interleaved rounds of "

@@ -36,7 +36,6 @@ os.environ.setdefault("BIPFT_XNOR_THREADS", str(os.cpu_count() or 1))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from binary_linear import time_interleaved as time_rounds  # noqa: E402
 
-from bipft_jax.export.common import build_model  # noqa: E402
 from bipft_jax.infer import native  # noqa: E402
 from bipft_jax.infer.fileformat import (  # noqa: E402
     FLOAT_FILE,
@@ -54,6 +53,7 @@ from bipft_jax.infer.packed_model import (  # noqa: E402
 )
 from bipft_jax.model.attention import mask_bias  # noqa: E402
 from bipft_jax.model.encoder import BertLayer  # noqa: E402
+from bipft_jax.model.params import build_model  # noqa: E402
 from bipft_jax.model.presets import get_model_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from bipft_jax import paths
 
 # name -> ("module:function", one-line help). Imported lazily so `bipft --help` is instant.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -19,15 +22,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: bipft <command> [options]", "", "commands:"]
+    lines = ["usage: bipft [--data-dir DIR] <command> [options]", "", "commands:"]
     width = max(len(n) for n in COMMANDS)
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [
+        "",
+        "--data-dir DIR  the data folder (glue_data/, corpus/, vocab/); sets $BIPFT_DATA_DIR",
+    ]
     lines += ["", "Run `bipft <command> --help` for the options of one command."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("--data-dir"):
+        flag, _, value = argv.pop(0).partition("=")
+        if flag != "--data-dir" or not (value or argv):
+            print(f"bipft: --data-dir needs a directory\n\n{_usage()}", file=sys.stderr)
+            return 2
+        os.environ[paths.DATA_ENV_VAR] = value or argv.pop(0)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0

@@ -9,20 +9,29 @@ DATA_ENV_VAR = "BIPFT_DATA_DIR"
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def shared_data_dir() -> Path:
-    """Root of the shared data folder: `$BIPFT_DATA_DIR`, else `<repo>/../shared/data`.
+def source_checkout() -> Path | None:
+    """The repository root when running from a source checkout (not an installed wheel)."""
+    return _REPO_ROOT if (_REPO_ROOT / "pyproject.toml").is_file() else None
 
-    The folder holds `glue_data/`, `corpus/` and `vocab/` (see its README). The path is
-    returned even when it does not exist; callers decide whether that is an error.
+
+def shared_data_dir() -> Path:
+    """Root of the shared data folder: `$BIPFT_DATA_DIR` (`bipft --data-dir DIR` sets it), else,
+    in a source checkout only, `<repo>/../shared/data`.
+
+    The folder holds `glue_data/`, `corpus/` and `vocab/` (see its README). The path is returned
+    even when it does not exist; callers decide whether that is an error. An installed package
+    with no `$BIPFT_DATA_DIR` raises FileNotFoundError saying how to set it.
     """
     env = os.environ.get(DATA_ENV_VAR)
     if env:
         return Path(env).expanduser().resolve()
-    for base in (_REPO_ROOT, Path.cwd()):
-        candidate = (base / ".." / "shared" / "data").resolve()
-        if candidate.is_dir():
-            return candidate
-    return (_REPO_ROOT / ".." / "shared" / "data").resolve()
+    repo = source_checkout()
+    if repo is None:
+        raise FileNotFoundError(
+            f"no data directory: set ${DATA_ENV_VAR} or run `bipft --data-dir DIR ...` (DIR holds "
+            "glue_data/, corpus/ and vocab/), or give the files in the config"
+        )
+    return (repo.parent / "shared" / "data").resolve()
 
 
 def default_vocab_file() -> Path:

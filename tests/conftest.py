@@ -14,7 +14,10 @@ from bipft_jax import paths  # noqa: E402
 @pytest.fixture(scope="session")
 def shared_data():
     """The shared data root; skips the test with a clear reason when it is absent."""
-    root = paths.shared_data_dir()
+    try:
+        root = paths.shared_data_dir()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
     if not (root / "glue_data").is_dir():
         pytest.skip(
             f"shared data not found at {root} (set ${paths.DATA_ENV_VAR} to the folder "

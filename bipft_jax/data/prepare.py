@@ -122,28 +122,29 @@ def read_manifest(prepared_dir: str | Path) -> dict:
 
 
 def load_prepared(prepared_dir: str | Path) -> tuple[TokenizedCorpus, dict]:
-    """Read every shard of a prepared corpus into memory (uint16 tokens)."""
-    from array_record.python.array_record_module import ArrayRecordReader
+    """Read every shard of a prepared corpus into memory (uint16 tokens) through grain's
+    `ArrayRecordDataSource` (the example builder needs random access to every document)."""
+    import grain
 
     manifest = read_manifest(prepared_dir)
-    lens, toks = [], []  # per document: sentence lengths, tokens (no per-sentence arrays)
+    files = []
     for shard in manifest["shards"]:
         path = Path(prepared_dir) / shard["file"]
         if not path.is_file():
             raise CorpusError(f"{path}: shard listed in {MANIFEST} is missing")
-        reader = ArrayRecordReader(str(path))
-        try:
-            if reader.num_records() != shard["num_docs"]:
-                raise CorpusError(
-                    f"{path}: {reader.num_records()} records, manifest says {shard['num_docs']}"
-                )
-            for rec in reader.read_all():
-                arr = np.frombuffer(rec, "<i4")
-                n = int(arr[0])
-                lens.append(arr[1 : n + 1])
-                toks.append(arr[n + 1 :])
-        finally:
-            reader.close()
+        files.append(str(path))
+    source = grain.sources.ArrayRecordDataSource(files)
+    if len(source) != manifest["num_docs"]:
+        raise CorpusError(
+            f"{prepared_dir}: {len(source)} records in the shards, {MANIFEST} says "
+            f"{manifest['num_docs']}"
+        )
+    lens, toks = [], []  # per document: sentence lengths, tokens (no per-sentence arrays)
+    for rec in source.__getitems__(range(len(source))):
+        arr = np.frombuffer(rec, "<i4")
+        n = int(arr[0])
+        lens.append(arr[1 : n + 1])
+        toks.append(arr[n + 1 :])
     dtype = np.uint16 if manifest["settings"]["vocab_size"] <= 65535 else np.int32
     sent_lens = np.concatenate(lens).astype(np.int64)
     corpus = TokenizedCorpus(
@@ -198,17 +199,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tfds-data-dir", default=None, help="TFDS data_dir (may be gs://...)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--doc-split", default="auto", choices=DOC_SPLITS)
-    p.add_argument("--vocab", default=str(paths.default_vocab_file()))
+    p.add_argument(
+        "--vocab", default=None, help="vocab.txt (default: the data directory's BERT vocab)"
+    )
     p.add_argument("--out", required=True, help="output directory (must not hold a manifest)")
     p.add_argument("--shard-size", type=int, default=10_000, help="documents per shard")
     p.add_argument("--max-docs", type=int, default=None)
     a = p.parse_args(argv)
     try:
         prepare(
-            a.out, a.vocab, a.input, a.tfds, a.tfds_split, a.tfds_data_dir, a.text_field,
-            a.doc_split, a.shard_size, a.max_docs,
+            a.out, a.vocab or paths.default_vocab_file(), a.input, a.tfds, a.tfds_split,
+            a.tfds_data_dir, a.text_field, a.doc_split, a.shard_size, a.max_docs,
         )  # fmt: skip
-    except (CorpusError, ValueError) as e:
+    except (CorpusError, ValueError, FileNotFoundError) as e:
         print(f"bipft prepare: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -159,9 +159,9 @@ def load_hf_dir(args: argparse.Namespace) -> tuple[Any, Any]:
     import jax
     import jax.numpy as jnp
 
-    from bipft_jax.export.common import build_model
     from bipft_jax.export.hf import binary_features
     from bipft_jax.model.hf_import import bert_config_from_hf, import_hf_weights, read_hf_checkpoint
+    from bipft_jax.model.params import build_model
 
     try:
         hf_cfg, state = read_hf_checkpoint(args.hf_dir)

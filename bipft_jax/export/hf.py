@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from bipft_jax.export.common import ExportError, check_shapes, flat_params, parse_size
 from bipft_jax.model.config import BertConfig
-from bipft_jax.model.hf_import import STUDENT_ONLY, hf_name
+from bipft_jax.model.hf_import import hf_name
+from bipft_jax.model.params import ParamsError, check_shapes, flat_params, student_only
 
 _ACT_TO_HF = {"gelu": "gelu", "relu": "relu", "gelu_tanh": "gelu_new"}
 _ARCH = {
@@ -31,6 +32,10 @@ _ARCH = {
 }
 SAFE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+
+
+class ExportError(ParamsError):
+    """A config or parameter that a plain Hugging Face BERT cannot hold."""
 
 
 def binary_features(config: BertConfig) -> list[str]:
@@ -78,9 +83,10 @@ def hf_state_dict(params: Mapping[str, Any], config: BertConfig) -> dict[str, np
     head, _ = check_shapes(params, config)
     state: dict[str, np.ndarray] = {}
     for path, value in flat_params(params, config).items():
-        joined = "/".join(path)
-        if STUDENT_ONLY.search(joined):
-            raise ExportError(f"{joined} has no Hugging Face counterpart (binary-only parameter)")
+        if student_only(path):
+            raise ExportError(
+                f"{'/'.join(path)} has no Hugging Face counterpart (binary-only parameter)"
+            )
         name, transpose = hf_name(path)
         if path[0] == "bert":
             name = f"bert.{name}"
@@ -120,6 +126,19 @@ def hf_config_dict(config: BertConfig, head: str, num_labels: int = 2) -> dict[s
         if num_labels == 1:
             out["problem_type"] = "regression"
     return out
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a string such as "2GB", "500MB", "10KiB" (HF conventions)."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*", str(size), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"cannot parse size {size!r}; use e.g. 2GB, 500MB, 1GiB or bytes")
+    unit = (m.group(2) or "B").upper()
+    base = 1024 if "I" in unit else 1000
+    power = {"B": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit[0]]
+    return int(float(m.group(1)) * base**power)
 
 
 def _shards(state: Mapping[str, np.ndarray], limit: int) -> list[dict[str, np.ndarray]]:

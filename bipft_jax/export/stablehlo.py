@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
-from bipft_jax.export.common import build_model, check_shapes
 from bipft_jax.export.hlo_artifact import MAGIC, load_artifact, save_artifact
 from bipft_jax.model.config import BertConfig
+from bipft_jax.model.params import build_model, check_shapes
 
 CONTAINERS = ("jax", "bipft")
 OUTPUTS = {

@@ -30,102 +30,25 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
+from bipft_jax.infer.kernels import resolve_kernel, signed_matmul, unsigned_matmul
 from bipft_jax.infer.packed_model import PackedModel
-from bipft_jax.infer.packing import PackedSigns, pack_bits, pack_matrix
-from bipft_jax.infer.xnor import DEFAULT_CHUNK, and_matmul, xnor_matmul
+from bipft_jax.infer.packing import PackedSigns
+from bipft_jax.infer.xnor import DEFAULT_CHUNK
 from bipft_jax.model.attention import mask_bias
 from bipft_jax.model.layers import activation
 from bipft_jax.quant import ALPHA_MIN, ActQuant
 
 Array = Any
-KERNELS = ("auto", "xla", "native")
-
-
-def _pack(x: Array, kernel: str) -> PackedSigns:
-    """Sign and nonzero planes of float ``x`` (one native pass with ``kernel="native"``)."""
-    if kernel == "native":
-        from bipft_jax.infer.native import sign_pack_native
-
-        return sign_pack_native(x)
-    return pack_matrix(x, with_mask=True)
-
-
-def _has_zero(p: PackedSigns) -> Array:
-    """Whether a tensor packed with its mask plane has an exact zero (reads the mask words)."""
-    full = jnp.asarray(pack_bits(np.ones(p.k, bool)))  # mask words of a zero-free row
-    return jnp.any(p.mask != full)
-
-
-def signed_matmul(
-    a: Array, b: Array | PackedSigns, kernel: str = "xla", chunk: int = DEFAULT_CHUNK
-) -> Array:
-    """Exact int32 ``sign(a) @ sign(b).T`` (``sign(0) = 0``), packing in-graph.
-
-    ``a``: float ``[..., M, K]``; ``b``: packed weight rows ``[N, Kw]`` or float ``[..., N, K]``.
-    Both planes are packed in one pass and the zero test reads the packed mask words (testing
-    ``a == 0`` on the floats made XLA compute ``a``'s producer, e.g. GELU, twice: ~15% of a
-    BERT-base layer). The two-plane product runs only when an operand has an exact zero
-    (``lax.cond``); else the one-plane product. ``kernel="native"`` packs and multiplies with
-    the ``jax.ffi`` kernels where they apply.
-    """
-    pa = _pack(a, kernel)
-    zero = _has_zero(pa)
-    weight_mask = isinstance(b, PackedSigns) and b.mask is not None  # a weight with zeros
-    if not isinstance(b, PackedSigns):
-        b = _pack(b, kernel)
-        zero = zero | _has_zero(b)
-
-    def one_plane(pa: PackedSigns, pb: PackedSigns) -> Array:
-        pa = PackedSigns(pa.signs, None, pa.k)
-        if weight_mask:  # only ``a`` is zero-free: one-mask product
-            return xnor_matmul(pa, pb, chunk)
-        pb = PackedSigns(pb.signs, None, pb.k)
-        if kernel == "native":
-            from bipft_jax.infer.native import xnor_matmul_native
-
-            return xnor_matmul_native(pa, pb, chunk)
-        return xnor_matmul(pa, pb, chunk)
-
-    return lax.cond(zero, lambda pa, pb: xnor_matmul(pa, pb, chunk), one_plane, pa, b)
-
-
-def unsigned_matmul(
-    u: Array, b: Array | PackedSigns, kernel: str = "xla", chunk: int = DEFAULT_CHUNK
-) -> Array:
-    """Exact int32 ``u @ sign(b).T`` for ``u`` in {0, 1} (float ``[..., M, K]``); ``b`` and
-    ``kernel`` as in :func:`signed_matmul`."""
-    if kernel == "native":
-        from bipft_jax.infer.native import and_matmul_native as matmul
-
-        pu = PackedSigns(_pack(u, kernel).signs, None, u.shape[-1])
-    else:
-        matmul, pu = and_matmul, pack_matrix(u, with_mask=False)
-    if isinstance(b, PackedSigns):
-        return matmul(pu, b, chunk)
-    pb = _pack(b, kernel)
-    return lax.cond(
-        _has_zero(pb),
-        lambda pu, pb: and_matmul(pu, pb, chunk),
-        lambda pu, pb: matmul(pu, PackedSigns(pb.signs, None, pb.k), chunk),
-        pu,
-        pb,
-    )
 
 
 class _Ctx:
     """The tensors, config and kernel choice of one forward call."""
 
     def __init__(self, model: PackedModel, kernel: str, chunk: int):
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        if kernel == "auto":
-            from bipft_jax.infer.native import native_available
-
-            kernel = "native" if native_available() else "xla"
-        self.t, self.cfg, self.kernel, self.chunk = model.tensors, model.config, kernel, chunk
+        self.t, self.cfg, self.chunk = model.tensors, model.config, chunk
+        self.kernel = resolve_kernel(kernel)
 
     def signed(self, a: Array, b: Array | PackedSigns) -> Array:
         return signed_matmul(a, b, self.kernel, self.chunk)

@@ -39,11 +39,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 from flax import traverse_util
 
-from bipft_jax.export.binary import tensor_role
-from bipft_jax.export.common import build_model, check_shapes, flat_params
 from bipft_jax.infer.fileformat import (
     PackedFormatError,
     load_packed,
@@ -53,6 +50,17 @@ from bipft_jax.infer.fileformat import (
 )
 from bipft_jax.infer.packing import PackedSigns, num_words, pack_bits, pack_matrix
 from bipft_jax.model.config import BertConfig, from_config_dict, to_dict
+from bipft_jax.model.params import (
+    abstract_params,
+    build_model,
+    check_shapes,
+    flat_params,
+    num_scales,
+    stacked_layer_axis,
+    tensor_role,
+    unstack_layers,
+    weight_quant,
+)
 from bipft_jax.quant import ActQuant, WeightQuant, quantize_weight
 
 KIND = "bipft-packed-model"
@@ -120,11 +128,7 @@ def _weight_quant(name: str, config: BertConfig, all_1bit: bool) -> WeightQuant 
     q = config.quant
     if all_1bit and name.endswith(_POS_TYPE) and q.word_embedding.enabled:
         return q.word_embedding
-    if tensor_role(name, config) != "latent_weight":
-        return None
-    if name.endswith("word_embeddings/embedding"):
-        return q.word_embedding
-    return q.pooler_quant.weight if "pooler/dense/" in name else q.linear_weight
+    return weight_quant(name, config)
 
 
 def _resolve_float16(float16: str | None, config: BertConfig) -> str:
@@ -225,15 +229,12 @@ def packed_bytes_estimate(
     The file adds only the safetensors header and the manifest."""
     float16 = _resolve_float16(float16, config)
     check_supported(config)
-    model = build_model(config, head, max(num_labels, 1))
-    ids = jnp.zeros((1, 4), jnp.int32)
-    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), ids)["params"]
-    flat = traverse_util.flatten_dict(nn.unbox(abstract), keep_empty_nodes=False)
+    abstract = abstract_params(config, head, max(num_labels, 1))
     out = dict.fromkeys(("packed_signs", "scale", "alpha", "beta", "estimator", "fp"), 0)
-    for path, leaf in flat.items():
+    for path, leaf in traverse_util.flatten_dict(abstract).items():
         name, shape = "/".join(path), tuple(leaf.shape)
         layers = 1
-        if "encoder" in path and path[path.index("encoder") + 1] == "layer":
+        if stacked_layer_axis(path) is not None:
             layers, shape = shape[0], shape[1:]
         wq = _weight_quant(name, config, all_1bit)
         if wq is None:
@@ -244,8 +245,7 @@ def packed_bytes_estimate(
         table = name.endswith("/embedding")
         rows, k = (shape[0], shape[1]) if table else (shape[1], shape[0])
         out["packed_signs"] += layers * rows * num_words(k) * 4
-        per_channel = wq.method == "bibert" or wq.scale == "channel"
-        out["scale"] += layers * 4 * (shape[wq.channel_axis] if per_channel else 1)
+        out["scale"] += layers * 4 * num_scales(wq, shape)
         if head == "pretraining" and name.endswith("word_embeddings/embedding"):
             nbytes = np.dtype(_storage_dtype(name, "fp", float16)).itemsize
             out["fp"] += math.prod(shape) * nbytes  # the latent table of the tied decoder
@@ -296,7 +296,7 @@ class PackedModel:
         try:
             config = from_config_dict(manifest["config"])
             head, num_labels = str(manifest["head"]), int(manifest["num_labels"])
-            model = build_model(config, head, max(num_labels, 1))
+            build_model(config, head, max(num_labels, 1))  # checks the head name
         except (KeyError, TypeError, ValueError) as e:
             raise PackedFormatError(f"{where}: bad manifest config/head: {e}") from e
         tensors, records = _unstack_layers(tensors, manifest["tensors"], where)
@@ -313,7 +313,7 @@ class PackedModel:
                 out[name] = jnp.asarray(tensors[name], jnp.float32)
         missing = [
             n
-            for n in _expected_names(model)
+            for n in _expected_names(config, head, num_labels)
             if n not in out or (isinstance(out[n], PackedSigns) and f"{n}.scale" not in out)
         ]
         if missing:
@@ -372,22 +372,10 @@ def _unstack_layers(
     return out, out_rec
 
 
-def _expected_names(model: Any) -> list[str]:
-    """ "/"-joined names (scanned layers unstacked) of every param ``model`` has."""
-    ids = jnp.zeros((1, 4), jnp.int32)
-    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), ids)["params"]
-    return ["/".join(p) for p in _unstacked_paths(abstract, model.config)]
-
-
-def _unstacked_paths(abstract: Any, config: BertConfig) -> list[tuple[str, ...]]:
-    out = []
-    for path in traverse_util.flatten_dict(dict(abstract), keep_empty_nodes=False):
-        if "encoder" in path and path[path.index("encoder") + 1] == "layer":
-            i = path.index("encoder") + 1
-            out += [(*path[:i], f"layer_{n}", *path[i + 1 :]) for n in range(config.num_layers)]
-        else:
-            out.append(path)
-    return out
+def _expected_names(config: BertConfig, head: str, num_labels: int) -> list[str]:
+    """ "/"-joined names (scanned layers unstacked) of every param the model has."""
+    flat = traverse_util.flatten_dict(abstract_params(config, head, max(num_labels, 1)))
+    return ["/".join(p) for p in unstack_layers(flat, config.num_layers)]
 
 
 def load_packed_model(path: str | os.PathLike) -> PackedModel:

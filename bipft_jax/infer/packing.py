@@ -130,3 +130,8 @@ def pack_matrix(x: Any, axis: int = -1, with_mask: bool | None = None) -> Packed
         with_mask = bool(np.any(x == 0))
     mask = pack_nonzero(x) if with_mask else None
     return PackedSigns(signs=pack_signs(x), mask=mask, k=int(x.shape[-1]))
+
+
+def row_popcount(words: Any) -> Any:
+    """Per-row popcount ``[..., R, Kw] -> [..., R]`` in int32 (set bits of each row's words)."""
+    return jnp.sum(jax.lax.population_count(words).astype(jnp.int32), axis=-1)

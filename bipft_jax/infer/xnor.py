@@ -27,16 +27,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bipft_jax.infer.packing import PackedSigns, pack_matrix
+from bipft_jax.infer.packing import PackedSigns, row_popcount
 
 DEFAULT_CHUNK = 8
 
 Array = Any
-
-
-def _rowcount(words: Array) -> Array:
-    """Per-row popcount ``[..., R, Kw] -> [..., R]`` in int32."""
-    return jnp.sum(lax.population_count(words).astype(jnp.int32), axis=-1)
 
 
 def _as_u64(words: Array) -> Array:
@@ -115,11 +110,11 @@ def xnor_matmul(
         diff = pairwise_popcount(
             lambda sa, ma, sb: ma & (sa ^ sb), (a.signs, a.mask), (b.signs,), chunk, wide
         )
-        return _rowcount(a.mask)[..., :, None] - 2 * diff
+        return row_popcount(a.mask)[..., :, None] - 2 * diff
     diff = pairwise_popcount(
         lambda sa, sb, mb: mb & (sa ^ sb), (a.signs,), (b.signs, b.mask), chunk, wide
     )
-    return _rowcount(b.mask)[..., None, :] - 2 * diff
+    return row_popcount(b.mask)[..., None, :] - 2 * diff
 
 
 def and_matmul(
@@ -132,53 +127,7 @@ def and_matmul(
         raise ValueError("unsigned operand must have no mask plane: its bits already are {0,1}")
     pos = pairwise_popcount(jnp.bitwise_and, (u.signs,), (b.signs,), chunk, wide)
     if b.mask is None:
-        nonzero = _rowcount(u.signs)[..., :, None]
+        nonzero = row_popcount(u.signs)[..., :, None]
     else:
         nonzero = pairwise_popcount(jnp.bitwise_and, (u.signs,), (b.mask,), chunk, wide)
     return 2 * pos - nonzero
-
-
-def binary_linear(
-    x: Array,
-    packed_w: PackedSigns,
-    w_scale: Array,
-    alpha: Array | None = None,
-    bias: Array | None = None,
-    *,
-    unsigned: bool = False,
-    exact_zeros: bool = True,
-    chunk: int = DEFAULT_CHUNK,
-    wide: bool = True,
-    kernel: str = "xla",
-) -> Array:
-    """``alpha * w_scale * (bin(x) @ W_pm1.T) + bias`` with ``x`` binarized and packed in-graph.
-
-    ``x``: float ``[..., K]``; ``packed_w``: rows ``[N, Kw]`` (``pack_matrix(kernel, axis=0)``);
-    ``w_scale``: scalar or ``[N]``; ``alpha``: activation scale, scalar or broadcastable to
-    ``[..., 1]``. ``bin(x)`` is ``sign(x)`` (``unsigned=False``; exact zeros map to 0 when
-    ``exact_zeros``, else the caller guarantees there are none and the one-plane path runs) or
-    ``x > 0`` as ``{0, 1}`` (``unsigned=True``). Any learnable threshold must already be applied.
-    ``kernel="native"`` packs and multiplies on the ``jax.ffi`` CPU kernels (``native/``) where
-    they apply (no mask planes) and on XLA otherwise.
-    """
-    if kernel not in ("xla", "native"):
-        raise ValueError(f"kernel must be 'xla' or 'native', got {kernel!r}")
-    if x.shape[-1] != packed_w.k:
-        raise ValueError(f"input has K={x.shape[-1]} but the packed weight has k={packed_w.k}")
-    with_mask = exact_zeros and not unsigned
-    if kernel == "native":
-        from bipft_jax.infer import native  # lazy: it imports this module
-
-        a = native.sign_pack_native(x)
-        a = a if with_mask else PackedSigns(a.signs, None, a.k)
-        matmul = native.and_matmul_native if unsigned else native.xnor_matmul_native
-        dot = matmul(a, packed_w, chunk)
-    else:
-        a = pack_matrix(x, with_mask=with_mask)
-        dot = (and_matmul if unsigned else xnor_matmul)(a, packed_w, chunk, wide)
-    y = dot.astype(jnp.float32) * jnp.asarray(w_scale, jnp.float32)
-    if alpha is not None:
-        y = y * alpha
-    if bias is not None:
-        y = y + bias
-    return y

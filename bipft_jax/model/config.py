@@ -1,6 +1,6 @@
 """Model configuration: `BertConfig` (sizes, numerics) and `QuantSpec` (every method flag).
 
-A paper is a `QuantSpec` (see `configs/model/{fp,bibert,bit,bipft}.py`); the model code never
+A paper is a `QuantSpec` (see `bipft_jax/presets/{fp,bibert,bit,bipft}.py`); the model code never
 branches on a paper's name. Both dataclasses are frozen (hashable), so they can be Flax module
 attributes. `from_config_dict` builds them from the `ml_collections.ConfigDict` of a preset and
 reports unknown or misspelled keys by their dotted path.

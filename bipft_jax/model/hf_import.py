@@ -24,14 +24,13 @@ import numpy as np
 from flax import traverse_util
 
 from bipft_jax.model.config import BertConfig
+from bipft_jax.model.params import student_only
 
 IGNORED_HF_KEYS = (
     "embeddings.position_ids",  # a buffer equal to arange(max_position)
     "cls.predictions.decoder.weight",  # tied to the word embedding
     "cls.predictions.decoder.bias",  # tied to cls.predictions.bias
 )
-# Our parameters with no Hugging Face counterpart (left at init in a binary student).
-STUDENT_ONLY = re.compile(r"(^|/)(\w+_quant|q_p|k_p|q_m|k_m|v_p)(/|$)|^(bert/)?pooler/LayerNorm/")
 _HF_ACT = {
     "gelu": "gelu",
     "relu": "relu",
@@ -163,8 +162,8 @@ def import_hf_weights(
 ) -> tuple[dict, dict[str, list[str]]]:
     """Copy Hugging Face tensors into `variables["params"]` (a template from `model.init`).
 
-    Keys may carry the `bert.` prefix or not. Student-only parameters (`STUDENT_ONLY`) and paths
-    starting with one of `ignore_missing` (e.g. "bert/pooler" for a `BertForMaskedLM`
+    Keys may carry the `bert.` prefix or not. Student-only parameters (`params.student_only`) and
+    paths starting with one of `ignore_missing` (e.g. "bert/pooler" for a `BertForMaskedLM`
     checkpoint) keep their init; HF keys starting with one of `ignore_unexpected` (e.g. "cls.")
     are skipped. Anything else that does not fit raises `HFImportError` listing every missing,
     unexpected and shape-mismatched key. Returns (new variables, report).
@@ -179,7 +178,7 @@ def import_hf_weights(
         joined = "/".join(path)
         array, keys = _lookup(state, path, np.shape(value))
         if array is None:
-            if STUDENT_ONLY.search(joined) or joined.startswith(tuple(ignore_missing)):
+            if student_only(path) or joined.startswith(tuple(ignore_missing)):
                 kept.append(joined)
             else:
                 missing.append(f"{keys[0]} (for {joined})")

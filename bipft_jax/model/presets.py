@@ -1,32 +1,33 @@
-"""Load method presets (`fp`, `bibert`, `bit`, `bipft`) and sizes (`tiny` … `large`).
+"""Method presets (`fp`, `bibert`, `bit`, `bipft`) and sizes (`tiny` … `large`), and overrides.
 
-The presets are the files `configs/model/<name>.py` (each `get_config() -> ConfigDict`);
-`get_model_config("bipft", "base", dtype="bfloat16", **{"quant.estimators.rank": 2})` merges
-size, method and overrides into a validated `BertConfig`.
+The presets ship inside the package (`bipft_jax/presets/`); `$BIPFT_MODEL_CONFIG_DIR` may hold
+replacements (`<dir>/<name>.py` with `get_config() -> ConfigDict`). `get_model_config("bipft",
+"base", dtype="bfloat16", **{"quant.estimators.rank": 2})` merges size, method and overrides
+into a validated `BertConfig`; `apply_overrides(config, overrides)` applies a trainer's
+`model.overrides` (dotted keys or `KEY=VALUE` strings) to any `BertConfig`.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
+import difflib
+import importlib
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from bipft_jax.model.config import BertConfig, from_config_dict
+from bipft_jax.model.config import BertConfig, from_config_dict, to_dict
+from bipft_jax.presets import sizes
 
 METHODS = ("fp", "bibert", "bit", "bipft")
-SIZES = ("tiny", "mini", "small", "base", "large")
+SIZES = tuple(sizes.SIZES)
 CONFIG_DIR_ENV = "BIPFT_MODEL_CONFIG_DIR"
-
-
-def config_dir() -> Path:
-    """`$BIPFT_MODEL_CONFIG_DIR`, else `<repo>/configs/model`."""
-    env = os.environ.get(CONFIG_DIR_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "configs" / "model"
+_DTYPE_FIELDS = ("dtype", "param_dtype")
 
 
 def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -47,7 +48,12 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
 def _preset(name: str, allowed: tuple[str, ...], kind: str) -> ml_collections.ConfigDict:
     if name not in allowed:
         raise ValueError(f"unknown {kind} {name!r}; choose one of {allowed}")
-    return load_config_file(config_dir() / f"{name}.py")
+    override_dir = os.environ.get(CONFIG_DIR_ENV)
+    if override_dir and (Path(override_dir) / f"{name}.py").is_file():
+        return load_config_file(Path(override_dir) / f"{name}.py")
+    if name in sizes.SIZES:
+        return sizes.get_config(name)
+    return importlib.import_module(f"bipft_jax.presets.{name}").get_config()
 
 
 def _set_dotted(cfg: ml_collections.ConfigDict, key: str, value: Any) -> None:
@@ -107,4 +113,83 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 def get_model_config(method: str, size: str, **overrides: Any) -> BertConfig:
     """A validated `BertConfig` for a method preset at a size; unknown keys raise ValueError."""
-    return from_config_dict(get_model_config_dict(method, size, **overrides))
+    return apply_overrides(from_config_dict(get_model_config_dict(method, size)), overrides)
+
+
+def apply_overrides(config: BertConfig, overrides: Any) -> BertConfig:
+    """`config` with `overrides` applied and validated.
+
+    `overrides`: a mapping (dict or ConfigDict) of dotted keys or nested groups, e.g.
+    `{"quant.estimators.rank": 2, "quant": {"attention": "bool"}}`, or `KEY=VALUE` strings as
+    `bipft stats --set` takes them. Every key must name a `BertConfig` / `QuantSpec` field; an
+    unknown key, a group given a plain value or a value of the wrong type raises ValueError.
+    """
+    if not overrides:
+        return config
+    if isinstance(overrides, str):
+        raise ValueError(f"model overrides: expected KEY=VALUE strings or a mapping: {overrides!r}")
+    mapping = isinstance(overrides, Mapping) or hasattr(overrides, "to_dict")  # dict, ConfigDict
+    items = _flatten(overrides) if mapping else _flatten(parse_overrides(overrides))
+    data = to_dict(config)
+    for key, value in items.items():
+        old = _current(config, key)
+        node = data
+        for part in key.split(".")[:-1]:
+            node = node[part]
+        node[key.split(".")[-1]] = _checked(key, old, value)
+    return from_config_dict(data)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of a nested mapping or ConfigDict (dotted keys may appear too)."""
+    if hasattr(tree, "to_dict"):
+        tree = tree.to_dict()
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) or hasattr(value, "to_dict"):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _field_names(obj: Any, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        out.append(prefix + f.name)
+        if dataclasses.is_dataclass(value):
+            out += _field_names(value, f"{prefix}{f.name}.")
+    return out
+
+
+def _current(config: BertConfig, key: str) -> Any:
+    """The current value of a dotted field key; a clear error for unknown keys and groups."""
+    node: Any = config
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth])
+        if not dataclasses.is_dataclass(node):
+            raise ValueError(f"config key {key!r}: {where!r} is a value, not a group")
+        names = [f.name for f in dataclasses.fields(node)]
+        if part not in names:
+            close = difflib.get_close_matches(key, _field_names(config), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            group = f" in {where!r}" if where else ""
+            raise ValueError(f"unknown config key(s){group}: [{part!r}]{hint} (allowed: {names})")
+        node = getattr(node, part)
+    if dataclasses.is_dataclass(node):
+        raise ValueError(f"config key {key!r} is a group; set one of its fields")
+    return node
+
+
+def _checked(key: str, old: Any, value: Any) -> Any:
+    """`value` if it has the field's type (ints are accepted for floats)."""
+    if key in _DTYPE_FIELDS or old is None:
+        return value
+    kind = type(old)
+    ok = isinstance(value, kind) and (kind is not int or not isinstance(value, bool))
+    ok = ok or (kind is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise ValueError(f"config key {key!r} expects {kind.__name__}, got {value!r}")
+    return float(value) if kind is float else value

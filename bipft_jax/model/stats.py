@@ -20,82 +20,26 @@ import json
 import math
 from typing import Any
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from bipft_jax.model.bert import BertModel
 from bipft_jax.model.config import BertConfig, QuantSpec
+from bipft_jax.model.params import (
+    abstract_params,
+    dense_quant,
+    num_scales,
+    param_kind,
+    weight_quant,
+)
 from bipft_jax.model.presets import METHODS, SIZES, get_model_config, parse_overrides
 
 MIB = 2**20
-ESTIMATORS = ("q_p", "k_p", "q_m", "k_m", "v_p")
-_LINEARS = {  # module path tail -> which DenseQuant of the spec it uses
-    ("self", "query"): "linear",
-    ("self", "key"): "linear",
-    ("self", "value"): "linear",
-    ("attention", "output", "dense"): "linear",
-    ("intermediate", "dense"): "linear",
-    ("layer", "output", "dense"): "ffn_out",
-}
 
 
 def param_shapes(config: BertConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flat {path: shape} of `BertModel(config)` (no heads), via `jax.eval_shape` (no memory)."""
-    ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
-    shapes = jax.eval_shape(lambda i: BertModel(config).init(jax.random.key(0), i), ids)
-    flat = traverse_util.flatten_dict(nn.unbox(shapes["params"]))
+    flat = traverse_util.flatten_dict(abstract_params(config, "base"))
     return {path: tuple(v.shape) for path, v in flat.items()}
-
-
-def _kind(path: tuple[str, ...]) -> str:
-    joined = "/".join(path)
-    if any(p in ESTIMATORS for p in path):
-        return "estimator"
-    if any(p.endswith("_quant") for p in path):
-        return "quantizer"
-    if path[-1] == "embedding":
-        return "word_embedding" if "word_embeddings" in path else "pos_type_embedding"
-    if "LayerNorm" in path:
-        return "layernorm"
-    if path[-1] == "bias":
-        return "bias"
-    if path[-1] == "kernel":
-        return "pooler_kernel" if joined.startswith("pooler") else "encoder_kernel"
-    raise ValueError(f"unclassified parameter {joined}")
-
-
-def _linear_quant(config: BertConfig, path: tuple[str, ...]):
-    spec = config.quant
-    if path[0] == "pooler":
-        return spec.pooler_quant
-    module = tuple(p if not p.startswith("layer_") else "layer" for p in path[:-1])
-    for tail, which in _LINEARS.items():
-        if module[-len(tail) :] == tail:
-            return getattr(spec, which)
-    raise ValueError(f"unknown linear {'/'.join(path)}")
-
-
-def _is_binary_weight(config: BertConfig, path: tuple[str, ...], kind: str) -> bool:
-    if kind == "word_embedding":
-        return config.quant.word_embedding.enabled
-    if kind in ("encoder_kernel", "pooler_kernel"):
-        return _linear_quant(config, path).weight.enabled
-    return False
-
-
-def _num_scales(config: BertConfig, path, shape, kind) -> int:
-    if not _is_binary_weight(config, path, kind):
-        return 0
-    wq = (
-        config.quant.word_embedding
-        if kind == "word_embedding"
-        else _linear_quant(config, path).weight
-    )
-    per_channel = wq.method == "bibert" or wq.scale == "channel"
-    layers = shape[0] if len(shape) == 3 else 1
-    return layers * (shape[wq.channel_axis] if per_channel else 1)
 
 
 def size_report(config: BertConfig) -> dict[str, Any]:
@@ -104,13 +48,13 @@ def size_report(config: BertConfig) -> dict[str, Any]:
     counts: dict[str, int] = {}
     binary_bits = fp_params = scales = 0
     for path, shape in shapes.items():
-        kind, n = _kind(path), math.prod(shape)
+        kind, n, wq = param_kind(path), math.prod(shape), weight_quant(path, config)
         counts[kind] = counts.get(kind, 0) + n
-        if _is_binary_weight(config, path, kind):
+        if wq is not None:
             binary_bits += n
+            scales += num_scales(wq, shape)
         else:
             fp_params += n
-        scales += _num_scales(config, path, shape, kind)
     total = sum(counts.values())
     student_only = counts.get("estimator", 0) + counts.get("quantizer", 0)
     matrices = (
@@ -146,7 +90,7 @@ def flops_report(config: BertConfig, seq: int = 128) -> dict[str, Any]:
     spec, h = config.quant, config.hidden_size
     bin_mac = fp_mac = 0
     for path, shape in param_shapes(config).items():
-        kind = _kind(path)
+        kind = param_kind(path)
         if path[-1] != "kernel":
             continue
         tokens = 1 if kind == "pooler_kernel" else seq
@@ -154,7 +98,7 @@ def flops_report(config: BertConfig, seq: int = 128) -> dict[str, Any]:
         if kind == "estimator":
             fp_mac += mac
             continue
-        q = _linear_quant(config, path)
+        q = dense_quant(path, config)
         if q.weight.enabled and q.input.enabled:
             bin_mac += mac
         else:

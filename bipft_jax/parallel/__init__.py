@@ -8,9 +8,7 @@ from bipft_jax.parallel.distributed import (
 from bipft_jax.parallel.mesh import MESH_AXES, make_mesh, resolve_mesh_shape
 from bipft_jax.parallel.rules import PRESETS, check_logical_names, get_rules
 from bipft_jax.parallel.sharding import (
-    abstract_with_shardings,
     batch_sharding,
-    create_sharded,
     replicated,
     shard_host_batch,
     state_shardings,
@@ -20,11 +18,9 @@ __all__ = [
     "MESH_AXES",
     "DistributedInitError",
     "PRESETS",
-    "abstract_with_shardings",
     "add_distributed_args",
     "batch_sharding",
     "check_logical_names",
-    "create_sharded",
     "get_rules",
     "make_mesh",
     "maybe_initialize_distributed",

@@ -3,7 +3,9 @@
 Every parameter carries logical names (``nn.with_logical_partitioning``); which mesh axis a name
 lands on is decided only here. Presets:
 
-* ``dp``   -- pure data parallelism: batch split over ``data`` and ``fsdp``, params replicated.
+In every preset the batch is split over ``fsdp`` and ``data`` (``BATCH_AXES``).
+
+* ``dp``   -- pure data parallelism: params replicated.
 * ``fsdp`` -- as ``dp``, plus every ``embed`` dimension of params (and optimizer state) split over
   ``fsdp`` (ZeRO-3 style; XLA all-gathers weights where they are used).
 * ``tp``   -- Megatron-style tensor parallelism: ``heads``, ``mlp`` and ``vocab`` over ``tensor``;
@@ -25,23 +27,19 @@ Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 # returned wrong gradients; tests/parallel/test_batch_axis_order.py reproduces and guards it.
 BATCH_AXES: tuple[str, ...] = ("fsdp", "data")
 
-# Logical names used by the model code. Names mapped to None are always replicated.
+# The logical names the model's params use (a test checks every preset's params against them).
+# Names mapped to None are replicated. Activations carry no constraints: batches are placed by
+# `sharding.batch_sharding` (BATCH_AXES) and XLA propagates from there.
 LOGICAL_AXES: tuple[str, ...] = (
-    "batch",  # examples in a batch (activations)
-    "length",  # sequence positions (activations)
     "vocab",  # word-piece vocabulary
     "embed",  # hidden size
     "mlp",  # feed-forward inner size
-    "heads",  # attention heads
-    "kv",  # per-head size
-    "qkv",  # the stacked q/k/v dimension of a fused projection
-    "qkv_rank",  # low-rank factor of attention projections
+    "heads",  # attention heads (hidden size of Q/K/V, split by head)
+    "qkv_rank",  # BiPFT estimators' low-rank outputs
     "layers",  # stacked layers under nn.scan
     "position",  # position-embedding table rows
-    "type_vocab",  # token-type (segment) table rows
-    "token_type",  # same, the name the model uses
-    "norm",  # LayerNorm scale/bias (hidden size, kept whole)
-    "classes",  # classifier outputs
+    "token_type",  # token-type (segment) table rows
+    "classes",  # NSP / classifier outputs
 )
 
 
@@ -52,9 +50,9 @@ def _table(**mapping: str | tuple[str, ...] | None) -> Rules:
 
 
 PRESETS: dict[str, Rules] = {
-    "dp": _table(batch=BATCH_AXES),
-    "fsdp": _table(batch=BATCH_AXES, embed="fsdp"),
-    "tp": _table(batch=BATCH_AXES, embed="fsdp", vocab="tensor", mlp="tensor", heads="tensor"),
+    "dp": _table(),
+    "fsdp": _table(embed="fsdp"),
+    "tp": _table(embed="fsdp", vocab="tensor", mlp="tensor", heads="tensor"),
 }
 
 

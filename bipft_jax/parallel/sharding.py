@@ -1,8 +1,7 @@
-"""Shardings for train state and batches, params born sharded, and multi-host batch assembly."""
+"""Shardings for train state and batches, and multi-host batch assembly."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -31,28 +30,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
-
-
-def abstract_with_shardings(abstract_state: PyTree, mesh: Mesh, rules: Rules) -> PyTree:
-    """Unboxed ``ShapeDtypeStruct`` tree carrying target shardings (for checkpoint restore)."""
-    shardings = state_shardings(abstract_state, mesh, rules)
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        nn.meta.unbox(abstract_state),
-        nn.meta.unbox(shardings),
-    )
-
-
-def create_sharded(init_fn: Callable[..., PyTree], mesh: Mesh, rules: Rules, *args) -> PyTree:
-    """Run ``init_fn(*args)`` so that its outputs are born sharded (no full host copy).
-
-    Shapes come from ``jax.eval_shape``; the jitted init writes each leaf directly into the
-    sharding its logical names give under ``rules``. ``nn.Partitioned`` boxes are kept.
-    """
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        abstract = jax.eval_shape(init_fn, *args)
-        shardings = state_shardings(abstract, mesh, rules)
-        return jax.jit(init_fn, out_shardings=shardings)(*args)
 
 
 def shard_host_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:

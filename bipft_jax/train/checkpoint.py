@@ -80,7 +80,7 @@ class CheckpointManager:
         """``(state, extra)`` of ``step`` (default: latest), on ``abstract_state``'s shardings.
 
         ``abstract_state`` is a tree of ``jax.ShapeDtypeStruct`` with ``sharding`` set (see
-        ``bipft_jax.parallel.abstract_with_shardings``); ``None`` restores as saved.
+        ``bipft_jax.train.loop.abstract_state``); ``None`` restores as saved.
         """
         self._mngr.wait_until_finished()
         steps = self.all_steps()

@@ -23,7 +23,7 @@ from bipft_jax import paths
 from bipft_jax.model.bert import BertForSequenceClassification
 from bipft_jax.model.config import BertConfig
 from bipft_jax.model.hf_import import bert_config_from_hf, import_hf_weights, read_hf_checkpoint
-from bipft_jax.model.presets import METHODS, get_model_config
+from bipft_jax.model.presets import METHODS, apply_overrides, get_model_config
 from bipft_jax.quant.layers import calibrate_alphas
 from bipft_jax.train.model_card import find_model_card, read_model_card
 
@@ -115,8 +115,6 @@ def stage_model_config(cfg: Any, stage: StageSpec) -> BertConfig:
     pad = m.get("padding_idx", 0)
     extra["padding_idx"] = None if pad is None or pad < 0 else pad
     extra["dtype"] = m.get("dtype", "float32")
-    overrides = m.get("overrides", None)
-    extra.update(overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides or {}))
     follow = bool(m.get("pooler_follows_stage_bits", False))
     size, hf_dir = m.size, None
     if size == "hf" and cfg.init.kind == "checkpoint":
@@ -125,7 +123,8 @@ def stage_model_config(cfg: Any, stage: StageSpec) -> BertConfig:
         extra = {**{k: getattr(source, k) for k in (*SIZE_KEYS, "layer_norm_eps")}, **extra}
     elif size == "hf":
         hf_dir = paths.resolve_model_dir(cfg.init.path) if cfg.init.path else None
-    return model_config(stage, size, hf_dir, pooler_follows_bits=follow, **extra)
+    config = model_config(stage, size, hf_dir, pooler_follows_bits=follow, **extra)
+    return apply_overrides(config, m.get("overrides", ()))
 
 
 def act_bits_overrides(bits: int, pooler: bool = True) -> dict[str, int]:

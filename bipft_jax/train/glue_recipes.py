@@ -68,13 +68,13 @@ def finetune_config(
     c.chain = chain  # stages, e.g. "bipft", "fp,bit", "fp,bit:a2,bit"
     # size "hf": the sizes of init.path (an HF directory, "minilm", or one of our checkpoints);
     # num_layers 0 = the size's; dtype "bfloat16" = bf16 activations and matmuls (fp32 params);
-    # overrides: nested BertConfig / QuantSpec fields, e.g. {"quant": {"estimators": {...}}}.
+    # overrides: "KEY=VALUE" BertConfig / QuantSpec fields, e.g. ("quant.probs.bits=2",).
     c.model = ml_collections.ConfigDict(
         dict(
             size="base",
             num_layers=0,
             dtype="float32",
-            overrides={},
+            overrides=(),
             # A stage's `:a<bits>` also sets the pooler input bits (BiT's W1A2 reference).
             pooler_follows_stage_bits=True,
             padding_idx=0,  # [PAD] row gets no gradient (all references); -1 = none

@@ -195,27 +195,6 @@ def _core(
     return optax.chain(*parts)
 
 
-def bert_adam(
-    learning_rate: float | Schedule,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-6,
-    weight_decay: float = 0.01,
-    max_grad_norm: float = 1.0,
-    weight_decay_mask: Any = None,
-) -> optax.GradientTransformation:
-    """BertAdam: per-tensor clip → m, v (no bias correction) → ``m/(√v+eps) + wd·p`` → × lr(step).
-
-    ``weight_decay_mask`` (a bool tree or a callable on params) limits decay as in optax.
-    """
-    parts = [per_tensor_clip(max_grad_norm)] if max_grad_norm > 0 else []
-    parts.append(scale_by_bert_adam(b1, b2, eps))
-    if weight_decay > 0:
-        parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
-    parts.append(optax.scale_by_learning_rate(learning_rate))
-    return optax.chain(*parts)
-
-
 def _cast_floats(tree: Any, dtype: Any) -> Any:
     return jax.tree.map(
         lambda x: x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x,

@@ -67,7 +67,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.model = dict(
         method="bipft", size="tiny", dtype="float32", remat=False, scan_layers=False,
-        hidden_dropout=0.1, attention_dropout=0.1, overrides={},
+        hidden_dropout=0.1, attention_dropout=0.1, overrides=(),
     )  # fmt: skip
     c.teacher = dict(source="random", path="", seed=1234, dropout=False)
     c.init = dict(from_teacher=True, calibrate=True)
@@ -104,7 +104,7 @@ def max_predictions(c: ml_collections.ConfigDict) -> int:
 
 
 def _student_config(c: ml_collections.ConfigDict, vocab_size: int):
-    from bipft_jax.model.presets import get_model_config
+    from bipft_jax.model.presets import apply_overrides, get_model_config
 
     m = c.model
     size, sizes = m.size, {}
@@ -116,8 +116,9 @@ def _student_config(c: ml_collections.ConfigDict, vocab_size: int):
     cfg = get_model_config(
         m.method, size, vocab_size=vocab_size, dtype=m.dtype, remat=m.remat,
         scan_layers=m.scan_layers, hidden_dropout=m.hidden_dropout,
-        attention_dropout=m.attention_dropout, **sizes, **m.overrides.to_dict(),
+        attention_dropout=m.attention_dropout, **sizes,
     )  # fmt: skip
+    cfg = apply_overrides(cfg, m.overrides)  # "quant.estimators.rank=2", ... (BertConfig fields)
     return with_numel_multiplier(cfg, c.train.grad_accum_steps)
 
 

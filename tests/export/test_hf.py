@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bipft_jax.export.common import ExportError
-from bipft_jax.export.hf import export_hf
+from bipft_jax.export.hf import ExportError, export_hf
 from bipft_jax.model.hf_import import import_hf_weights, read_hf_checkpoint
+from bipft_jax.model.params import ParamsError
 from tests.export.helpers import init_params, random_batch, tiny_config
 
 torch = pytest.importorskip("torch")
@@ -99,7 +99,7 @@ def test_binary_config_and_shape_mismatch_are_clear_errors(tmp_path):
     config = tiny_config("fp")
     _, params = init_params(config, "base")
     with pytest.raises(
-        ExportError, match=r"embeddings/word_embeddings/embedding: params \(97, 32\)"
+        ParamsError, match=r"embeddings/word_embeddings/embedding: params \(97, 32\)"
     ):
         export_hf(params, tiny_config("fp", vocab_size=50), tmp_path)
     with pytest.raises(FileNotFoundError, match="nope.txt"):

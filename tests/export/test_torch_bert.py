@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bipft_jax.export.binary import export_binary, load_binary, tensor_role
+from bipft_jax.export.binary import export_binary, load_binary
+from bipft_jax.model.params import tensor_role
 from tests.export.helpers import init_params, random_batch, tiny_config
 
 torch = pytest.importorskip("torch")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from bipft_jax.infer import native
+from bipft_jax.infer.kernels import binary_linear
 from bipft_jax.infer.packing import pack_matrix
-from bipft_jax.infer.xnor import binary_linear
 
 needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ on this machine")
 

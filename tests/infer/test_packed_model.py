@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bipft_jax.export.common import build_model
 from bipft_jax.infer.fileformat import PackedFormatError, packed_size_bytes
-from bipft_jax.infer.packed_forward import packed_forward, signed_matmul, unsigned_matmul
+from bipft_jax.infer.kernels import signed_matmul, unsigned_matmul
+from bipft_jax.infer.packed_forward import packed_forward
 from bipft_jax.infer.packed_model import (
     PackedModel,
     PackedModelError,
@@ -26,6 +26,7 @@ from bipft_jax.infer.packed_model import (
     save_packed_model,
 )
 from bipft_jax.infer.packing import pack_matrix
+from bipft_jax.model.params import build_model
 from bipft_jax.quant import quantize_weight
 from tests.export.helpers import init_params, random_batch, tiny_config
 

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from bipft_jax.infer.packed_forward import signed_matmul
+from bipft_jax.infer.kernels import signed_matmul
 from bipft_jax.infer.packing import pack_matrix
 
 

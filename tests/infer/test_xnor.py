@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bipft_jax.infer.kernels import binary_linear
 from bipft_jax.infer.packing import pack_matrix
-from bipft_jax.infer.xnor import and_matmul, binary_linear, pairwise_popcount, xnor_matmul
+from bipft_jax.infer.xnor import and_matmul, pairwise_popcount, xnor_matmul
 
 SHAPES = [(5, 70, 3), (4, 32, 7), (3, 100, 6), (2, 1, 4), (6, 300, 5)]
 

@@ -143,26 +143,6 @@ def test_bertadam_groups_match_numpy_reference():
     assert diff > 1e-3
 
 
-def test_bert_adam_standalone_transform():
-    rng = np.random.default_rng(1)
-    params = {k: v for k, v in _params(rng)["encoder"]["dense"].items()}
-    grads_seq = [_grads(rng, s)["encoder"]["dense"] for s in range(5)]
-    sched = optim.make_schedule("linear", 0.1, 0.3 * 8, 8)
-    mask = {"kernel": True, "bias": False}
-    tx = optim.bert_adam(sched, weight_decay=0.05, weight_decay_mask=mask)
-    got = _run(tx, params, grads_seq, jit=False)
-    want = numpy_bertadam(
-        {"encoder": {"dense": params}},
-        [{"encoder": {"dense": g}} for g in grads_seq],
-        0.1,
-        0.1,
-        0.3,
-        8,
-        0.05,
-    )
-    _assert_close({"encoder": {"dense": got}}, want)
-
-
 def test_adamw_groups_match_numpy_reference():
     rng = np.random.default_rng(2)
     params = _params(rng)

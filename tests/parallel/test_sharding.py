@@ -8,7 +8,6 @@ from jax.sharding import PartitionSpec as P
 from bipft_jax.parallel import (
     batch_sharding,
     check_logical_names,
-    create_sharded,
     get_rules,
     make_mesh,
     resolve_mesh_shape,
@@ -47,7 +46,7 @@ def _sharded_step(preset, shape, batch):
 def _compute_sharded_step(preset, shape, batch):
     mesh = make_mesh(shape)
     rules = get_rules(preset)
-    params = create_sharded(toy.init_params, mesh, rules, jax.random.key(0), batch["tokens"])
+    params = toy.born_sharded(toy.init_params, mesh, rules, jax.random.key(0), batch["tokens"])
     shardings = nn.meta.unbox(state_shardings(params, mesh, rules))
     params = nn.meta.unbox(params)
     gbatch = shard_host_batch(jax.device_get(batch), mesh)

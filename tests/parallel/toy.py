@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bipft_jax.parallel import state_shardings
+
 VOCAB, EMBED, MLP, HEADS, KV = 32, 16, 32, 4, 4
 
 
@@ -19,11 +21,10 @@ class ToyMLP(nn.Module):
     def __call__(self, tokens):
         emb = self.param("embedding", _init(("vocab", "embed")), (VOCAB, EMBED))
         x = jnp.take(emb, tokens, axis=0)
-        wq = self.param("q", _init(("embed", "heads", "kv")), (EMBED, HEADS, KV))
-        wo = self.param("o", _init(("heads", "kv", "embed")), (HEADS, KV, EMBED))
+        wq = self.param("q", _init(("embed", "heads", None)), (EMBED, HEADS, KV))
+        wo = self.param("o", _init(("heads", None, "embed")), (HEADS, KV, EMBED))
         h = jnp.tanh(jnp.einsum("ble,ehk->blhk", x, wq))
         x = x + jnp.einsum("blhk,hke->ble", h, wo)
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         h = nn.Dense(
             MLP,
             kernel_init=_init(("embed", "mlp")),
@@ -48,3 +49,10 @@ def make_batch(seed: int, batch: int = 16, length: int = 8):
         "tokens": jax.random.randint(k1, (batch, length), 0, VOCAB),
         "labels": jax.random.randint(k2, (batch, length), 0, VOCAB),
     }
+
+
+def born_sharded(init_fn, mesh, rules, *args):
+    """``init_fn(*args)`` jitted straight into the shardings its logical names give (boxed)."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        shardings = state_shardings(jax.eval_shape(init_fn, *args), mesh, rules)
+        return jax.jit(init_fn, out_shardings=shardings)(*args)

@@ -6,8 +6,8 @@ import pytest
 from flax import traverse_util
 
 from bipft_jax.parallel import get_rules, make_mesh
-from bipft_jax.train import config_io
 from bipft_jax.paths import resolve_model_dir
+from bipft_jax.train import config_io
 from bipft_jax.train.pretrain import _student_config, build_teacher
 from tests.train.cli_runs import REPO
 
@@ -26,7 +26,8 @@ def test_main_job_config_uses_the_real_teacher_without_head_kd():
     readme = (REPO / "README.md").read_text()
     assert "configs/pretrain/minilm.py" in readme.split("<!-- test-command -->")[0]
     a = _config("bipft_a")
-    assert a.model.overrides.quant.estimators.enabled is False
+    assert tuple(a.model.overrides) == ("quant.estimators.enabled=False",)
+    assert not _student_config(a, 30522).quant.estimators.enabled
 
 
 def test_minilm_teacher_is_loaded_exactly_and_head_kd_is_refused():

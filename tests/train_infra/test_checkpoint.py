@@ -8,14 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from bipft_jax.parallel import (
-    abstract_with_shardings,
-    create_sharded,
-    get_rules,
-    make_mesh,
-    replicated,
-)
+from bipft_jax.parallel import get_rules, make_mesh, replicated, state_shardings
 from bipft_jax.train import checkpoint as ckpt
+from bipft_jax.train.loop import abstract_state
 from tests.parallel import toy
 
 
@@ -27,8 +22,14 @@ def _state(mesh, rules, seed=0):
         return {"params": params, "opt_state": optax.adam(1e-3).init(params), "step": 0}
 
     tokens = np.zeros((2, 8), np.int32)
-    state = create_sharded(init, mesh, rules, jax.random.key(seed), tokens)
+    state = toy.born_sharded(init, mesh, rules, jax.random.key(seed), tokens)
     return nn.meta.unbox(state), jax.eval_shape(init, jax.random.key(seed), tokens)
+
+
+def _target(abstract, mesh, rules):
+    """The restore target: shapes of ``abstract`` in the shardings ``rules`` give on ``mesh``."""
+    return abstract_state(nn.meta.unbox(state_shardings(abstract, mesh, rules)),
+                          nn.meta.unbox(abstract))  # fmt: skip
 
 
 def _perturb(state, seed):
@@ -51,7 +52,7 @@ def _assert_same(a, b):
 def test_async_save_restore_bit_exact_keep_last_n_and_cadence(tmp_path):
     mesh, rules = make_mesh({"fsdp": -1}), get_rules("fsdp")
     state, abstract = _state(mesh, rules)
-    target = abstract_with_shardings(abstract, mesh, rules)
+    target = _target(abstract, mesh, rules)
     saved = {}
     with ckpt.CheckpointManager(tmp_path, max_to_keep=2, save_every=10, async_save=True) as m:
         assert m.latest_step() is None
@@ -90,7 +91,7 @@ def test_restore_onto_a_different_mesh(tmp_path):
     with ckpt.CheckpointManager(tmp_path, save_every=1) as m:
         m.save(5, state)
     tp_mesh, tp_rules = make_mesh({"data": 2, "tensor": 4}), get_rules("tp")
-    target = abstract_with_shardings(abstract, tp_mesh, tp_rules)
+    target = _target(abstract, tp_mesh, tp_rules)
     with ckpt.CheckpointManager(tmp_path, save_every=1) as m:
         restored, extra = m.restore(target)
     assert extra == {}

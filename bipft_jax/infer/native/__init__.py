@@ -28,8 +28,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from bipft_jax.infer.packing import PackedSigns, num_words, pack_matrix
-from bipft_jax.infer.xnor import DEFAULT_CHUNK, _rowcount, and_matmul, xnor_matmul
+from bipft_jax.infer.packing import PackedSigns, num_words, pack_matrix, row_popcount
+from bipft_jax.infer.xnor import DEFAULT_CHUNK, and_matmul, xnor_matmul
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def and_matmul_native(u: PackedSigns, b: PackedSigns, chunk: int = DEFAULT_CHUNK
         raise ValueError(f"contracting lengths differ: u.k={u.k}, b.k={b.k}")
     if not _native_shapes(u, b):
         return and_matmul(u, b, chunk)
-    return 2 * _gemm("bipft_and_gemm", u, b) - _rowcount(u.signs)[..., None]
+    return 2 * _gemm("bipft_and_gemm", u, b) - row_popcount(u.signs)[..., None]
 
 
 def sign_pack_native(x: Any) -> PackedSigns:
