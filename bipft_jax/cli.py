@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("bipft_jax.train.sweep:main", "GLUE sweep over tasks x presets x lrs x seeds"),
     "export": ("bipft_jax.export.cli:main", "export to Hugging Face / PyTorch / packed 1-bit"),
     "convert": ("bipft_jax.convert:main", "import a BiPFT / BiT / BiBERT PyTorch checkpoint"),
+    "study": ("bipft_jax.train.study:main", "the GLUE study of the three papers (resumable)"),
 }
 
 

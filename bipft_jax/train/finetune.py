@@ -126,8 +126,9 @@ def _initial_params(cfg, model, first, index, init) -> tuple[dict, str]:
         what = f"stage {index - 1} weights"
         params, new = merge_encoder(fresh, init, what, cfg.init.load_classifier)
         return init_alphas(model, params, first, new, cfg.init.keep_alpha), f"stage {index - 1}"
+    step = cfg.init.get("step", 0) or None
     return load_initial_params(model, first, cfg.seed, *init, keep_alpha=cfg.init.keep_alpha,
-                               load_classifier=cfg.init.load_classifier)  # fmt: skip
+                               load_classifier=cfg.init.load_classifier, step=step)  # fmt: skip
 
 
 @dataclasses.dataclass

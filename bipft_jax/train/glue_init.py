@@ -187,8 +187,9 @@ def merge_encoder(
     return out, new
 
 
-def restore_params(path: str) -> dict:
-    """Params of the newest step of an Orbax checkpoint directory (ours: `state.params`)."""
+def restore_params(path: str, step: int | None = None) -> dict:
+    """Params of step ``step`` (default: the newest) of an Orbax checkpoint directory (ours:
+    `state.params`)."""
     from bipft_jax.train.checkpoint import CheckpointManager
 
     root = Path(path)
@@ -196,7 +197,7 @@ def restore_params(path: str) -> dict:
     if not (workdir / "checkpoints").is_dir():
         raise InitError(f"init checkpoint not found: {workdir}/checkpoints does not exist")
     with CheckpointManager(workdir, async_save=False) as mngr:
-        state, _ = mngr.restore()
+        state, _ = mngr.restore(step=step)
     params = state.get("params", state) if isinstance(state, dict) else state
     return jax.tree.map(np.asarray, dict(params))
 
@@ -210,6 +211,7 @@ def load_initial_params(
     *,
     keep_alpha: bool = True,
     load_classifier: bool = True,
+    step: int | None = None,
 ) -> tuple[dict, str]:
     """(params, description) from `kind` in INIT_KINDS.
 
@@ -246,7 +248,7 @@ def load_initial_params(
         params, new = variables["params"], set(report["kept_at_init"])
     else:
         params, new = merge_encoder(
-            params, restore_params(path), f"init checkpoint {path}", load_classifier
+            params, restore_params(path, step), f"init checkpoint {path}", load_classifier
         )
     return init_alphas(model, params, batch, new, keep_alpha), f"{kind}:{path}"
 

@@ -88,6 +88,7 @@ def finetune_config(
             # re-derives them from the first batch (glue_init.init_alphas).
             keep_alpha=True,
             load_classifier=True,  # the source's classifier when its shape fits (BiT, BiBERT)
+            step=0,  # init.kind=checkpoint: the checkpoint step to start from; 0 = the newest
         )
     )
     c.train = ml_collections.ConfigDict(

@@ -48,6 +48,7 @@ from bipft_jax.train.loop import (
     train_state_shardings,
     with_numel_multiplier,
 )
+from bipft_jax.train.model_card import write_model_card
 from bipft_jax.train.optim import lr_schedule, make_optimizer
 from bipft_jax.train.pretrain_eval import (
     format_summary,
@@ -304,6 +305,8 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
     from bipft_jax.model.bert import BertForPreTraining
 
     student = BertForPreTraining(student_cfg)
+    if main_proc:  # the model config beside the checkpoints (fine-tuning reads it)
+        write_model_card(workdir, student_cfg, 0, preset=c.model.method)
     first = loader.batch_at(0)
     ids = jnp.asarray(first["input_ids"][:1])
     teacher, t_params, t_sh, t_heads = build_teacher(c, student_cfg, mesh, rules, ids)

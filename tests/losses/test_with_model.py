@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import configs.model.bipft as bipft_preset
+import bipft_jax.presets.bipft as bipft_preset
 from bipft_jax.losses import bipft_pretrain_loss
 from bipft_jax.model.bert import BertForPreTraining
 from bipft_jax.model.config import BertConfig, from_config_dict

@@ -1,0 +1,54 @@
+"""The small-scale reproduction of the three papers on GLUE, from the real MiniLM-L6-H384.
+
+    bipft study --config configs/study/minilm.py --workdir workdir/study [--commit]
+
+Runs, in this order, each resumable and skipped once finished:
+  1. FP MiniLM fine-tuned on every task and seed (also the KD teachers and the BiBERT/BiT
+     students' initialisation);
+  2. binary pretraining of BiPFT-B (with estimators) and BiPFT-A (without), `pretrain_steps` of
+     32 x 128 tokens on the shared corpus from MiniLM (the main job's recipe, longer);
+  3. the binary rows (BiBERT, BiT, BiPFT-A, BiPFT-B) on every task and seed: one fine-tuning
+     budget and lr for all of them (configs/glue/study_minilm.py);
+  4. the pretraining curve of BiPFT-B: fine-tuned from MiniLM without binary pretraining and from
+     the checkpoints at 1/4 and 1/2 of the budget, `curve_seeds` seeds.
+Results: `benchmarks/results/glue_study.{md,json,png}` and one file per finished run in
+`benchmarks/results/glue_study/`. `:tiny` is the CI-sized version (two rows, one task).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.finetune_config = "configs/glue/study_minilm.py"
+    c.pretrain_config = "configs/pretrain/minilm.py"
+    c.tasks = ("cola", "sst2", "stsb", "rte")
+    c.seeds = (1, 2, 3)
+    c.rows = ("fp", "bibert", "bit", "bipft_a", "bipft_b")
+    c.pretrain_steps = 960  # 960 x 32 x 128 = 3.9 M tokens (~3 passes over the corpus)
+    c.pretrain = dict(bipft_b="bipft", bipft_a="bipft_a")  # row -> configs/pretrain/minilm.py arg
+    c.curve_fractions = (0.0, 0.25, 0.5)  # 1.0 is the bipft_b row itself
+    c.curve_seeds = (1,)
+    c.finetune_overrides = ()  # extra --config.* of every fine-tuning run
+    c.pretrain_overrides = ()
+    c.results = "benchmarks/results/glue_study"  # .md/.json/.png and a folder of run files
+    if arg == "tiny":
+        c.tasks = ("rte",)
+        c.seeds = (1, 2)
+        c.rows = ("fp", "bipft_b")
+        c.pretrain = dict(bipft_b="bipft")
+        c.pretrain_steps = 4
+        c.curve_fractions = (0.0, 0.5)
+        c.finetune_overrides = (
+            "max_train_rows=64", "max_eval_rows=32", "train.max_steps=2", "train.max_length=32",
+            "train.batch_size=8", "train.eval_batch_size=16", "model.num_layers=1",
+        )  # fmt: skip
+        c.pretrain_overrides = (
+            "model.size=tiny", "teacher.source=random", "data.seq_len=32",
+            "data.global_batch_size=8", "data.max_docs=60",
+            "data.eval_batches=1", "train.eval_every=4", "train.log_every=1",
+            "optim.warmup_steps=1",
+        )  # fmt: skip
+    elif arg:
+        raise ValueError(f"configs/study/minilm.py: unknown argument {arg!r} (use ':tiny')")
+    return c
