@@ -2,7 +2,7 @@
 
     bipft study --config configs/study/minilm.py --workdir workdir/study [--commit]
 
-Runs, in this order, each resumable and skipped once finished:
+Runs, one seed of every row before the next seed, each resumable and skipped once finished:
   1. FP MiniLM fine-tuned on every task and seed (also the KD teachers and the BiBERT/BiT
      students' initialisation);
   2. binary pretraining of BiPFT-B (with estimators) and BiPFT-A (without), `pretrain_steps` of

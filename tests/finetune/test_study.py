@@ -27,7 +27,7 @@ def _cfg(tmp_path, *extra):
 def test_jobs_order_dependencies_and_commands(tmp_path):
     cfg = _cfg(tmp_path)
     names = [j.name for j in study.jobs(cfg)]
-    assert names == ["fp__rte__s1", "fp__rte__s2", "pretrain__bipft_b", "bipft_b__rte__s1",
+    assert names == ["fp__rte__s1", "pretrain__bipft_b", "bipft_b__rte__s1", "fp__rte__s2",
                      "bipft_b__rte__s2", "bipft_b@0__rte__s1", "bipft_b@0.5__rte__s1"]  # fmt: skip
     full = load_config(f"{ROOT}/configs/study/minilm.py")
     by_name = {j.name: j for j in study.jobs(full)}
@@ -69,7 +69,7 @@ def test_tiny_study_end_to_end_with_interruptions(tmp_path):
     for pid in found.stdout.split():
         os.kill(int(pid), signal.SIGKILL)
     proc.wait()
-    # 2. Rerun: the killed run resumes mid-way; stop after two more jobs (between runs).
+    # 2. Rerun: the killed run resumes mid-way; stop after two jobs (between runs).
     out = _cli(tmp_path, long, "--limit=2").communicate(timeout=900)[0]
     assert '"status": "limit"' in out, out
     log = (tmp_path / "work" / "logs" / "fp__rte__s1.log").read_text()
