@@ -34,7 +34,7 @@ from bipft_jax.data.tokenizer import BertTokenizer
 from bipft_jax.model.bert import BertForSequenceClassification
 from bipft_jax.train import glue_data
 from bipft_jax.train.checkpoint import CheckpointManager
-from bipft_jax.train.config_io import ConfigDict, config_from_argv, config_hash, save_config
+from bipft_jax.train.config_io import ConfigDict, config_hash, parse_command_line, save_config
 from bipft_jax.train.glue_init import (
     StageSpec,
     calibrate,
@@ -309,10 +309,9 @@ def run(cfg: ConfigDict, workdir: str | Path) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg, rest = config_from_argv(list(argv or []))
     parser = argparse.ArgumentParser(prog="bipft finetune", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="output directory")
-    args = parser.parse_args(rest)
+    cfg, args = parse_command_line(parser, list(argv or []))
     summary = run(cfg, args.workdir)
     r = summary["result"]
     print(f"{r['task']} {r['stage']}: best {json.dumps(r['best']['metrics'])}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -376,19 +375,14 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg, rest = config_io.config_from_argv(argv)
-    except config_io.ConfigError as e:
-        if "-h" in argv or "--help" in argv:
-            print(__doc__)
-            return 0
-        print(f"bipft pretrain: error: {e}", file=sys.stderr)
-        return 2
-    parser = argparse.ArgumentParser(prog="bipft pretrain", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="bipft pretrain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--workdir", required=True, help="checkpoints, config and metrics")
     add_distributed_args(parser)
-    args = parser.parse_args(rest)
+    cfg, args = config_io.parse_command_line(parser, list(sys.argv[1:] if argv is None else argv))
     maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                  args.distributed_timeout_s, enabled=args.distributed)  # fmt: skip
     if jax.process_index() == 0:
@@ -396,14 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         config_io.save_config(cfg, args.workdir)
     if jax.process_count() == 1:
         install_sigterm_handler()
-    try:
-        status = train_and_evaluate(cfg, args.workdir)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        if os.environ.get("BIPFT_DEBUG"):
-            raise
-        print(f"bipft pretrain: error: {e}\n(set BIPFT_DEBUG=1 for the traceback)",
-              file=sys.stderr)  # fmt: skip
-        return 2
+    # User errors (config, data, paths, checkpoints) propagate to the `bipft` edge (errors.py).
+    status = train_and_evaluate(cfg, args.workdir)
     return 0 if status in ("done", "preempted") else 1
 
 
