@@ -28,8 +28,18 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)
 
 
 def one_line(exc: BaseException) -> str:
-    """The exception as a single line (whitespace runs, newlines included, become one space)."""
-    text = str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+    """The exception as a single line (whitespace runs, newlines included, become one space).
+
+    A ValueError / OSError, or a KeyError whose argument is a sentence, is its message; anything
+    else is prefixed with its type (``KeyError: 'lr'``).
+    """
+    arg = exc.args[0] if len(exc.args) == 1 else None
+    if isinstance(exc, KeyError) and isinstance(arg, str) and " " in arg:
+        text = arg
+    elif isinstance(exc, (ValueError, OSError)):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
     return " ".join(text.split()) or type(exc).__name__
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from bipft_jax.errors import UserError
+from bipft_jax.errors import UserError, one_line
 
 PREFIX = "--config."
 HELP = "experiment file FILE.py[:ARG]; override any key with --config.KEY=VALUE"
@@ -58,7 +58,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
     except ConfigError:
         raise
     except Exception as e:
-        raise ConfigError(f"config file {spec}: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"config file {spec}: {one_line(e)}") from e
     if not isinstance(cfg, ConfigDict):
         raise ConfigError(f"{path}: get_config returned {type(cfg).__name__}, not a ConfigDict")
     cfg.lock()
