@@ -108,7 +108,7 @@ def load_checkpoint_params(workdir: str, step: int | None = None) -> Any:
     root = Path(workdir)
     if not (root / "checkpoints").is_dir():
         raise CliError(f"checkpoint not found: {root / 'checkpoints'} does not exist")
-    manager = CheckpointManager(root, async_save=False)
+    manager = CheckpointManager(root, async_save=False, read_only=True)
     try:
         steps = manager.all_steps()
         if not steps or (step is not None and step not in steps):
@@ -116,7 +116,7 @@ def load_checkpoint_params(workdir: str, step: int | None = None) -> Any:
                 f"no checkpoint {'' if step is None else f'for step {step} '}in "
                 f"{manager.directory}; available steps: {steps}"
             )
-        step = steps[-1] if step is None else step
+        step = manager.latest_step() if step is None else step  # newest intact (verified)
         state, _ = manager.restore(_abstract_on_one_device(manager.directory / str(step)), step)
     finally:
         manager.close()

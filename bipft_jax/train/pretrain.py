@@ -153,7 +153,7 @@ def _restore_teacher_checkpoint(path: str, params, shardings):
     """Student params of a finished FP `bipft pretrain` run (its workdir) as the teacher."""
     if not (Path(path) / "checkpoints").is_dir():
         raise FileNotFoundError(f"config teacher.path: no checkpoints/ in workdir {path!r}")
-    mngr = CheckpointManager(path, save_every=1, async_save=False)
+    mngr = CheckpointManager(path, save_every=1, async_save=False, read_only=True)
     try:
         restored, _ = mngr.restore(None)
     finally:
