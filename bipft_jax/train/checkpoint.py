@@ -22,8 +22,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
+from bipft_jax.errors import UserError
 from bipft_jax.train.integrity import CheckpointCorruptError, SealedRenamePath, verify
 
 PyTree = Any
@@ -31,6 +35,25 @@ ON_CORRUPT = ("fallback", "error")
 QUARANTINE = "checkpoints_corrupt"
 
 _PREEMPTED = threading.Event()
+
+
+class NonFiniteStateError(UserError):
+    """A state with NaN/Inf values offered for saving."""
+
+
+@jax.jit
+def _leaves_finite(leaves: list) -> jax.Array:
+    return jnp.stack([jnp.isfinite(x).all() for x in leaves])
+
+
+def nonfinite_leaves(tree: PyTree) -> list[str]:
+    """Paths of the float leaves of ``tree`` holding a NaN or Inf (one device reduction)."""
+    flat = [(path, x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]  # fmt: skip
+    if not flat:
+        return []
+    ok = np.asarray(_leaves_finite([x for _, x in flat]))
+    return [jax.tree_util.keystr(path) for (path, _), good in zip(flat, ok) if not good]
 
 
 class CheckpointManager:
@@ -71,7 +94,7 @@ class CheckpointManager:
         self._mngr = ocp.CheckpointManager(
             self.directory, item_names=("state", "extra"), options=options
         )
-        self.on_corrupt, self.read_only = on_corrupt, read_only
+        self.on_corrupt, self.read_only, self.save_every = on_corrupt, read_only, save_every
         self._verdicts: dict[int, str | None] = {}  # step -> None (intact) or what failed
         self._bad: list[int] = []  # corrupt steps newer than the one restored, moved on save
         self._warned: set[int] = set()
@@ -82,10 +105,19 @@ class CheckpointManager:
         """Save if ``step`` is on the cadence (or ``force``); returns whether a save started.
 
         With ``async_save`` the call returns once arrays are copied off the devices; the write
-        finishes in the background (``wait_until_finished`` blocks on it).
+        finishes in the background (``wait_until_finished`` blocks on it). A state with a
+        NaN/Inf float leaf raises ``NonFiniteStateError`` instead of being saved.
         """
         if self._bad:
             self._quarantine()
+        if force or step % self.save_every == 0:  # a cadence or forced save: never a NaN state
+            bad = nonfinite_leaves(state)
+            if bad:
+                raise NonFiniteStateError(
+                    f"refusing to save step {step}: non-finite values (NaN/Inf) in "
+                    + ", ".join(bad[:4])
+                    + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+                )
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(dict(extra or {}))
         )
@@ -141,8 +173,6 @@ class CheckpointManager:
         bad, self._bad = self._bad, []
         if self.read_only:
             return
-        import jax
-
         if jax.process_index() == 0:
             dest = self.directory.parent / QUARANTINE
             dest.mkdir(exist_ok=True)
@@ -220,8 +250,6 @@ class CheckpointManager:
 
 
 def _warn(message: str) -> None:
-    import jax
-
     if jax.process_index() == 0:
         print(message, file=sys.stderr, flush=True)
 
@@ -229,11 +257,8 @@ def _warn(message: str) -> None:
 def _agreed(step: int | None) -> int | None:
     """``step``, after checking that every process chose the same one (they verify the same
     files, so only a filesystem serving different bytes to different hosts can disagree)."""
-    import jax
-
     if jax.process_count() == 1:
         return step
-    import numpy as np
     from jax.experimental import multihost_utils
 
     mine = -1 if step is None else step
@@ -251,8 +276,6 @@ def install_sigterm_handler(signals: tuple[int, ...] = (signal.SIGTERM,)) -> boo
     this does nothing and returns ``False``: a per-process flag could make processes save at
     different steps, so there the JAX preemption service (``reached_preemption``) decides.
     """
-    import jax
-
     if jax.process_count() > 1:
         return False
 

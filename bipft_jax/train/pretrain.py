@@ -78,6 +78,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.train = dict(
         total_steps=1000, grad_accum_steps=1, log_every=10, eval_every=0, save_every=1000,
         keep_checkpoints=3, async_checkpoint=True,
+        on_corrupt_checkpoint="fallback",  # or "error": stop instead of using an older step
+        max_nonfinite_steps=10,  # stop after this many skipped NaN/Inf steps in a row (0: never)
     )  # fmt: skip
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.sharding = "dp"
@@ -293,7 +295,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
 
     init_args = (jax.random.PRNGKey(c.seed), t_params, calib)
     ckpt = CheckpointManager(workdir, c.train.keep_checkpoints, c.train.save_every,
-                             c.train.async_checkpoint)  # fmt: skip
+                             c.train.async_checkpoint, c.train.on_corrupt_checkpoint)  # fmt: skip
     start = ckpt.latest_step()
     if start is None:
         state, sh = init_train_state(init_params, tx, mesh, rules, *init_args)
@@ -363,7 +365,8 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
     try:
         state, status = run_loop(state, step_with_teacher, batches(), start, c.train.total_steps,
                                  checkpoint=ckpt, log_every=c.train.log_every,
-                                 eval_every=c.train.eval_every, hooks=hooks)  # fmt: skip
+                                 eval_every=c.train.eval_every, hooks=hooks,
+                                 max_nonfinite=c.train.max_nonfinite_steps or None)  # fmt: skip
     finally:
         ckpt.close()
         writer.close()
