@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bipft_jax.errors import UserError
+from bipft_jax.errors import UserError, one_line
 from bipft_jax.train.integrity import CheckpointCorruptError, SealedRenamePath, verify
 
 PyTree = Any
@@ -35,6 +35,10 @@ ON_CORRUPT = ("fallback", "error")
 QUARANTINE = "checkpoints_corrupt"
 
 _PREEMPTED = threading.Event()
+
+
+class CheckpointWriteError(UserError):
+    """A save that failed part way (disk full, permissions); committed steps are untouched."""
 
 
 class NonFiniteStateError(UserError):
@@ -98,6 +102,7 @@ class CheckpointManager:
         self._verdicts: dict[int, str | None] = {}  # step -> None (intact) or what failed
         self._bad: list[int] = []  # corrupt steps newer than the one restored, moved on save
         self._warned: set[int] = set()
+        self._write_failed = False
 
     def save(
         self, step: int, state: PyTree, extra: dict | None = None, force: bool = False
@@ -121,7 +126,7 @@ class CheckpointManager:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(dict(extra or {}))
         )
-        started = bool(self._mngr.save(int(step), args=args, force=force))
+        started = bool(self._orbax(self._mngr.save, int(step), args=args, force=force))
         if started:
             self._verdicts.pop(int(step), None)
         return started
@@ -235,12 +240,32 @@ class CheckpointManager:
 
     def wait_until_finished(self) -> None:
         """Block until every pending (async) save is on disk."""
-        self._mngr.wait_until_finished()
+        self._orbax(self._mngr.wait_until_finished)
 
     def close(self) -> None:
         """Finish pending saves and release Orbax's threads."""
-        self._mngr.wait_until_finished()
-        self._mngr.close()
+        try:
+            if not self._write_failed:  # else reported already (Orbax re-raises it at each wait)
+                self.wait_until_finished()
+        finally:
+            try:
+                self._mngr.close()
+            except Exception:
+                if not self._write_failed:
+                    raise
+
+    def _orbax(self, fn, *args, **kwargs):
+        """``fn`` (an Orbax write or wait); a failed write (disk full, permissions, ...) becomes
+        a ``CheckpointWriteError`` naming the directory and the cause."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            self._write_failed = True
+            done = sorted(self._mngr.all_steps())
+            raise CheckpointWriteError(
+                f"saving a checkpoint in {self.directory} failed: {one_line(e)}; the complete "
+                f"steps are untouched: {done}"
+            ) from e
 
     def __enter__(self) -> CheckpointManager:
         return self
