@@ -116,7 +116,10 @@ def load_checkpoint_params(workdir: str, step: int | None = None) -> Any:
                 f"no checkpoint {'' if step is None else f'for step {step} '}in "
                 f"{manager.directory}; available steps: {steps}"
             )
-        step = manager.latest_step() if step is None else step  # newest intact (verified)
+        if step is None:
+            step = manager.latest_step()  # the newest intact step (steps is not empty)
+        assert step is not None
+        manager.require_intact(step)  # before its metadata is read
         state, _ = manager.restore(_abstract_on_one_device(manager.directory / str(step)), step)
     finally:
         manager.close()

@@ -147,10 +147,18 @@ class CheckpointManager:
             self._verdicts[step] = verify(self.directory / str(step))
         return self._verdicts[step]
 
+    def require_intact(self, step: int) -> None:
+        """Raise ``CheckpointCorruptError`` unless ``step`` matches its integrity manifest."""
+        reason = self.verify(step)
+        if reason is not None:
+            raise CheckpointCorruptError(
+                f"checkpoint step {step} in {self.directory} is unusable: {reason}"
+            )
+
     def _newest_intact(self) -> int | None:
         """The newest intact step; ``None`` only when there is no step at all."""
         self._mngr.wait_until_finished()
-        bad = []
+        bad: list[int] = []
         for step in reversed(self.all_steps()):
             reason = self.verify(step)
             if reason is None:
@@ -215,11 +223,7 @@ class CheckpointManager:
                 raise FileNotFoundError(
                     f"no checkpoint for step {step} in {self.directory}; available steps: {steps}"
                 )
-            reason = self.verify(step)
-            if reason is not None:
-                raise CheckpointCorruptError(
-                    f"checkpoint step {step} in {self.directory} is unusable: {reason}"
-                )
+            self.require_intact(step)
         state_arg = (
             ocp.args.StandardRestore()
             if abstract_state is None

@@ -142,3 +142,23 @@ def test_every_step_unusable_is_an_error_not_a_fresh_start(saved, tmp_path):
             m.restore()
     with pytest.raises(ValueError, match="on_corrupt must be one of"):
         ckpt.CheckpointManager(root, on_corrupt="ignore")
+
+
+def test_export_and_finetune_init_use_the_newest_intact_step(saved, tmp_path, capsys):
+    """The two other readers: `bipft export --checkpoint` and a fine-tuning init checkpoint."""
+    from bipft_jax import cli
+    from bipft_jax.export.cli import load_checkpoint_params
+    from bipft_jax.train.glue_init import restore_params
+
+    root = tmp_path / "run"
+    shutil.copytree(saved, root)
+    _damage(root / "checkpoints" / "2" / "state" / "_METADATA", "flip")
+    _same(load_checkpoint_params(str(root)), _state(1)["params"])
+    _same(restore_params(str(root)), _state(1)["params"])
+    assert "checkpoint step 2" in capsys.readouterr().err
+    argv = ["export", "--format", "hf", "--checkpoint", str(root), "--step", "2", "--preset",
+            "fp", "--size", "tiny", "--out", str(tmp_path / "o")]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint step 2" in err[0] and "state/_METADATA" in err[0], err
+    assert not (root / "checkpoints_corrupt").exists()  # readers never move anything
