@@ -41,6 +41,10 @@ class CheckpointWriteError(UserError):
     """A save that failed part way (disk full, permissions); committed steps are untouched."""
 
 
+class CheckpointMismatchError(UserError):
+    """An intact checkpoint whose arrays do not fit the state the run asks for."""
+
+
 class NonFiniteStateError(UserError):
     """A state with NaN/Inf values offered for saving."""
 
@@ -229,9 +233,18 @@ class CheckpointManager:
             if abstract_state is None
             else ocp.args.StandardRestore(abstract_state)
         )
-        restored = self._mngr.restore(
-            step, args=ocp.args.Composite(state=state_arg, extra=ocp.args.JsonRestore())
-        )
+        try:
+            restored = self._mngr.restore(
+                step, args=ocp.args.Composite(state=state_arg, extra=ocp.args.JsonRestore())
+            )
+        except ValueError as e:  # verified files, so: shapes or tree of another config
+            reason = one_line(e)
+            for advice in ("Truncating/padding is disabled", "If this mismatch is intentional"):
+                reason = reason.split(advice)[0].strip()
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} does not fit this run (another "
+                f"model size, method or optimizer in the config?): {reason}"
+            ) from e
         return restored.state, dict(restored.extra or {})
 
     def reached_preemption(self, step: int) -> bool:

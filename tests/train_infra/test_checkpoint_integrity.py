@@ -162,3 +162,15 @@ def test_export_and_finetune_init_use_the_newest_intact_step(saved, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "checkpoint step 2" in err[0] and "state/_METADATA" in err[0], err
     assert not (root / "checkpoints_corrupt").exists()  # readers never move anything
+
+
+def test_intact_checkpoint_of_another_config_is_a_clear_error(saved):
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
+                          _state(1))  # fmt: skip
+    target["params"]["w"] = jax.ShapeDtypeStruct((64, 96), np.float32, sharding=one)
+    with (
+        ckpt.CheckpointManager(saved, read_only=True) as m,
+        pytest.raises(ckpt.CheckpointMismatchError, match=r"does not fit this run .*\(64, 96\)"),
+    ):
+        m.restore(target)
