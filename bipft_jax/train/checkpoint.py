@@ -238,9 +238,7 @@ class CheckpointManager:
                 step, args=ocp.args.Composite(state=state_arg, extra=ocp.args.JsonRestore())
             )
         except ValueError as e:  # verified files, so: shapes or tree of another config
-            reason = one_line(e)
-            for advice in ("Truncating/padding is disabled", "If this mismatch is intentional"):
-                reason = reason.split(advice)[0].strip()
+            reason = _mismatch(self.directory / str(step), abstract_state) or one_line(e)[:300]
             raise CheckpointMismatchError(
                 f"checkpoint step {step} in {self.directory} does not fit this run (another "
                 f"model size, method or optimizer in the config?): {reason}"
@@ -289,6 +287,35 @@ class CheckpointManager:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _key_path(path: tuple) -> str:
+    names = (getattr(k, a) for k in path for a in ("key", "name", "idx") if hasattr(k, a))
+    return "/".join(map(str, names))
+
+
+def _mismatch(step_dir: Path, abstract_state: PyTree | None) -> str:
+    """Where a checkpoint's arrays and the run's state differ, in a few words ("" if unknown)."""
+    if abstract_state is None:
+        return ""
+    meta = ocp.StandardCheckpointer().metadata(step_dir / "state")
+    tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+    saved, want = (
+        {_key_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(t)[0]}
+        for t in (tree, abstract_state)
+    )
+    first = lambda keys: min(keys, key=lambda k: (not k.startswith("params"), k))  # noqa: E731
+    parts = []
+    if shapes := [k for k in want.keys() & saved.keys() if want[k] != saved[k]]:
+        k = first(shapes)
+        parts.append(
+            f"{len(shapes)} shapes differ, e.g. {k}: checkpoint {saved[k]} vs run {want[k]}"
+        )
+    if missing := want.keys() - saved.keys():
+        parts.append(f"{len(missing)} arrays of the run are not in it, e.g. {first(missing)}")
+    if unused := saved.keys() - want.keys():
+        parts.append(f"{len(unused)} of its arrays are not in the run, e.g. {first(unused)}")
+    return "; ".join(parts)
 
 
 def _warn(message: str) -> None:
