@@ -187,14 +187,13 @@ def committed(workdir: Path) -> list[int]:
 
 
 def params_of(workdir: Path, step: int) -> dict:
+    """The params of a checkpoint, restored on this process's first device (any topology)."""
     import jax
     import numpy as np
 
-    from bipft_jax.train.checkpoint import CheckpointManager
+    from bipft_jax.export.cli import load_checkpoint_params
 
-    with CheckpointManager(workdir, read_only=True) as m:
-        state, _ = m.restore(None, step)
-    return jax.tree.map(np.asarray, jax.device_get(state["params"]))
+    return jax.tree.map(np.asarray, jax.device_get(load_checkpoint_params(str(workdir), step)))
 
 
 def compare(a: dict, b: dict) -> dict:
@@ -320,7 +319,9 @@ def scenarios(lab: Lab, ref: dict) -> dict[str, Callable[[], dict]]:
         row.update(mismatch_exit=bad.rc, mismatch_message=one_line(bad))
         control = lab.tmp / "mesh_control"  # 8 devices all the way: the numerics of the mesh
         assert lab.pretrain(control, devices=8).rc == 0
-        row["eight_devices_throughout_vs_reference"] = compare(params_of(control, TOTAL), ref)
+        eight = params_of(control, TOTAL)
+        row["eight_devices_throughout_vs_reference"] = compare(eight, ref)
+        row["final_vs_eight_devices_throughout"] = compare(params_of(w, TOTAL), eight)
         return row
 
     def malformed_rows() -> dict:
@@ -371,14 +372,18 @@ def summarize(name: str, row: dict) -> tuple[str, str, str]:
         final = _final(row)
         if "eight_devices_throughout_vs_reference" in row:
             control = row["eight_devices_throughout_vs_reference"]["max_abs_diff"]
-            final += f" (an uninterrupted 8-device run: {control:.2e})"
+            same = row["final_vs_eight_devices_throughout"]
+            same_text = "bit-exact" if same["bit_exact"] else f"{same['max_abs_diff']:.2e}"
+            final += (f" (an uninterrupted 8-device run differs by {control:.2e}; this run vs "
+                      f"that one: {same_text})")  # fmt: skip
         first = f"exit {row['first_exit']}" + (" (SIGKILL)" if row["killed"] else "")
         said = [m for m in (row["first_message"], row["rerun_message"]) if m]
         happened = (f"first run: {first} after step {row['first_last_step']}; rerun: exit "
                     f"{row['rerun_exit']}, resumed from step {row['resumed_from']}")  # fmt: skip
         if said:
             happened += "; said: " + " / ".join(f"`{m}`" for m in said)
-        lost = f"{row.get('steps_redone', '?')} steps redone; no data lost"
+        n = row.get("steps_redone", "?")
+        lost = f"{n} step{'' if n == 1 else 's'} redone; no data lost"
         if "mismatch_message" in row:
             happened += (f"; rerun with model.size=mini: exit {row['mismatch_exit']}, "
                          f"`{row['mismatch_message']}`")  # fmt: skip
@@ -453,22 +458,17 @@ def main() -> None:
     old = RESULTS / "faults.json"
     previous = json.loads(old.read_text()) if args.only and old.is_file() else {}
     faults = dict(previous.get("faults", {}))
-    for name in chosen:
+    machine = {"cpu": cpu_name(), "cpus": os.cpu_count(), "jax": jax.__version__}
+    for name in chosen:  # the results files are rewritten after every fault
         print(f"fault {name} ...", flush=True)
         faults[name] = table[name]()
         print(json.dumps(faults[name], indent=1), flush=True)
-    results = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "jax": jax.__version__,
-        },  # fmt: skip
-        "reference": {"seconds": ref_run.seconds, "steps": ref_run.last_step()},
-        "faults": {n: faults[n] for n in table if n in faults},
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    write(results)
+        write({
+            "date": time.strftime("%Y-%m-%d"), "machine": machine,
+            "reference": {"seconds": ref_run.seconds, "steps": ref_run.last_step()},
+            "faults": {n: faults[n] for n in table if n in faults},
+            "seconds": round(time.perf_counter() - t0, 1),
+        })  # fmt: skip
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -239,9 +239,13 @@ class CheckpointManager:
             )
         except ValueError as e:  # verified files, so: shapes or tree of another config
             reason = _mismatch(self.directory / str(step), abstract_state) or one_line(e)[:300]
+            what = (
+                "cannot be restored as saved"
+                if abstract_state is None
+                else "does not fit this run (another model size, method or optimizer?)"
+            )
             raise CheckpointMismatchError(
-                f"checkpoint step {step} in {self.directory} does not fit this run (another "
-                f"model size, method or optimizer in the config?): {reason}"
+                f"checkpoint step {step} in {self.directory} {what}: {reason}"
             ) from e
         return restored.state, dict(restored.extra or {})
 
