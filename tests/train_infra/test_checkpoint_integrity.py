@@ -1,6 +1,7 @@
 """Checkpoint integrity: every kind of file in a step, flipped, truncated or deleted, is caught
 before Orbax reads it; the newest intact step is used (or a clear error, on request)."""
 
+import gc
 import json
 import shutil
 
@@ -164,6 +165,8 @@ def test_export_and_finetune_init_use_the_newest_intact_step(saved, tmp_path, ca
     assert not (root / "checkpoints_corrupt").exists()  # readers never move anything
 
 
+# Orbax's failed restore abandons read coroutines; they are collected (and ignored) here.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_intact_checkpoint_of_another_config_is_a_clear_error(saved):
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
@@ -174,3 +177,4 @@ def test_intact_checkpoint_of_another_config_is_a_clear_error(saved):
         pytest.raises(ckpt.CheckpointMismatchError, match=r"does not fit this run .*\(64, 96\)"),
     ):
         m.restore(target)
+    gc.collect()
