@@ -399,4 +399,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bipft_jax.errors import run_command
+
+    sys.exit(run_command("bipft pretrain", main, sys.argv[1:]))
