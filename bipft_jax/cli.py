@@ -1,4 +1,8 @@
-"""The single `bipft` command. Each subcommand lives in its own module as `main(argv)`."""
+"""The single `bipft` command. Each subcommand lives in its own module as `main(argv)`.
+
+A subcommand's `main` raises on bad input; `bipft_jax.errors.run_command` reports it as one line
+on stderr with exit code 2 (`BIPFT_DEBUG=1` shows the traceback).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import sys
 
 from bipft_jax import paths
+from bipft_jax.errors import run_command
 
 # name -> ("module:function", one-line help). Imported lazily so `bipft --help` is instant.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -58,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bipft: command {name!r} is not available in this version", file=sys.stderr)
             return 2
         raise
-    result = getattr(module, func_name)(rest)
-    return int(result or 0)
+    # The one edge: user errors of every command become one line on stderr and exit code 2.
+    return run_command(f"bipft {name}", getattr(module, func_name), rest)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 
 import sys
 
-from bipft_jax.train.sweep import main
+from bipft_jax import cli
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(cli.main(["sweep", *sys.argv[1:]]))  # user errors: one line, exit 2

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -206,12 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-size", type=int, default=10_000, help="documents per shard")
     p.add_argument("--max-docs", type=int, default=None)
     a = p.parse_args(argv)
-    try:
-        prepare(
-            a.out, a.vocab or paths.default_vocab_file(), a.input, a.tfds, a.tfds_split,
-            a.tfds_data_dir, a.text_field, a.doc_split, a.shard_size, a.max_docs,
-        )  # fmt: skip
-    except (CorpusError, ValueError, FileNotFoundError) as e:
-        print(f"bipft prepare: error: {e}", file=sys.stderr)
-        return 1
+    # CorpusError / ValueError propagate to the `bipft` edge (errors.py): one line, exit code 2.
+    prepare(
+        a.out, a.vocab or paths.default_vocab_file(), a.input, a.tfds, a.tfds_split,
+        a.tfds_data_dir, a.text_field, a.doc_split, a.shard_size, a.max_docs,
+    )  # fmt: skip
     return 0

@@ -16,16 +16,17 @@ holds `params`), `--params FILE` (`.msgpack` from `flax.serialization` or `.safe
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from bipft_jax.errors import UserError
 
 FORMATS = ("hf", "binary", "packed", "stablehlo")
 HF_MLM_ARCHS = ("BertForMaskedLM", "BertForPreTraining")
 
 
-class CliError(Exception):
+class CliError(UserError):
     """A user error reported as one line."""
 
 
@@ -107,7 +108,7 @@ def load_checkpoint_params(workdir: str, step: int | None = None) -> Any:
     root = Path(workdir)
     if not (root / "checkpoints").is_dir():
         raise CliError(f"checkpoint not found: {root / 'checkpoints'} does not exist")
-    manager = CheckpointManager(root, async_save=False)
+    manager = CheckpointManager(root, async_save=False, read_only=True)
     try:
         steps = manager.all_steps()
         if not steps or (step is not None and step not in steps):
@@ -115,7 +116,10 @@ def load_checkpoint_params(workdir: str, step: int | None = None) -> Any:
                 f"no checkpoint {'' if step is None else f'for step {step} '}in "
                 f"{manager.directory}; available steps: {steps}"
             )
-        step = steps[-1] if step is None else step
+        if step is None:
+            step = manager.latest_step()  # the newest intact step (steps is not empty)
+        assert step is not None
+        manager.require_intact(step)  # before its metadata is read
         state, _ = manager.restore(_abstract_on_one_device(manager.directory / str(step)), step)
     finally:
         manager.close()
@@ -142,7 +146,7 @@ def load_params_file(path: str) -> Any:
     if f.suffix == ".msgpack":
         from flax import serialization
 
-        tree = serialization.msgpack_restore(f.read_bytes())
+        tree = _unbox_state_dict(serialization.msgpack_restore(f.read_bytes()))
         return tree.get("params", tree) if isinstance(tree, Mapping) else tree
     if f.suffix == ".safetensors":
         from flax import traverse_util
@@ -152,6 +156,16 @@ def load_params_file(path: str) -> Any:
         tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
         return tree.get("params", tree)
     raise CliError(f"unsupported params file {f}: use .msgpack or .safetensors")
+
+
+def _unbox_state_dict(tree: Any) -> Any:
+    """Replace the ``{"value": array}`` nodes that ``flax.serialization.to_bytes`` writes for
+    boxed params (``nn.Partitioned`` straight from ``model.init``) by the arrays themselves."""
+    if not isinstance(tree, Mapping):
+        return tree
+    if set(tree) == {"value"} and not isinstance(tree["value"], Mapping):
+        return tree["value"]
+    return {k: _unbox_state_dict(v) for k, v in tree.items()}
 
 
 def load_hf_dir(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -196,12 +210,8 @@ def _bert_key(state: Mapping[str, Any], name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (CliError, ValueError, FileNotFoundError) as e:
-        print(f"bipft export: error: {e}", file=sys.stderr)
-        return 1
+    # User errors propagate to the `bipft` edge (bipft_jax/errors.py): one line, exit code 2.
+    return _run(_parser().parse_args(argv))
 
 
 def _run(args: argparse.Namespace) -> int:

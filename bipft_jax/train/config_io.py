@@ -8,6 +8,7 @@ the key, the expected type and the given text.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import difflib
 import hashlib
@@ -21,10 +22,13 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from bipft_jax.errors import UserError, one_line
+
 PREFIX = "--config."
+HELP = "experiment file FILE.py[:ARG]; override any key with --config.KEY=VALUE"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A user error in a config file, its argument or an override."""
 
 
@@ -42,14 +46,19 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
     assert module_spec is not None and module_spec.loader is not None, path
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module  # dataclasses/pickling inside configs need this
-    module_spec.loader.exec_module(module)
-    get_config = getattr(module, "get_config", None)
-    if get_config is None:
-        raise ConfigError(f"config file {path} defines no get_config(arg=None) function")
-    takes_arg = bool(inspect.signature(get_config).parameters)
-    if arg and not takes_arg:
-        raise ConfigError(f"config file {path}: get_config() takes no argument, got {arg!r}")
-    cfg = get_config(arg or None) if takes_arg else get_config()
+    try:  # the user's file: any error in it is a config error naming the file
+        module_spec.loader.exec_module(module)
+        get_config = getattr(module, "get_config", None)
+        if get_config is None:
+            raise ConfigError(f"config file {path} defines no get_config(arg=None) function")
+        takes_arg = bool(inspect.signature(get_config).parameters)
+        if arg and not takes_arg:
+            raise ConfigError(f"config file {path}: get_config() takes no argument, got {arg!r}")
+        cfg = get_config(arg or None) if takes_arg else get_config()
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"config file {spec}: {one_line(e)}") from e
     if not isinstance(cfg, ConfigDict):
         raise ConfigError(f"{path}: get_config returned {type(cfg).__name__}, not a ConfigDict")
     cfg.lock()
@@ -58,11 +67,10 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
     return cfg
 
 
-def config_from_argv(argv: Sequence[str]) -> tuple[ConfigDict, list[str]]:
-    """Pull ``--config SPEC`` and every ``--config.key=value`` / ``--config.key value`` out of argv.
-
-    Returns the config and the remaining arguments (for the command's own ``argparse``).
-    """
+def split_argv(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:
+    """``(spec, overrides, rest)`` of argv: the ``--config SPEC``, every override normalised to
+    ``--config.key=value`` (from either ``--config.key=value`` or ``--config.key value``), and
+    the remaining arguments (for the command's own ``argparse``)."""
     spec, overrides, rest = None, [], []
     args = list(argv)
     i = 0
@@ -84,9 +92,33 @@ def config_from_argv(argv: Sequence[str]) -> tuple[ConfigDict, list[str]]:
         else:
             rest.append(a)
         i += 1
+    return spec, overrides, rest
+
+
+def config_from_argv(argv: Sequence[str]) -> tuple[ConfigDict, list[str]]:
+    """Pull ``--config SPEC`` and every ``--config.key=value`` / ``--config.key value`` out of argv.
+
+    Returns the config and the remaining arguments (for the command's own ``argparse``).
+    """
+    spec, overrides, rest = split_argv(argv)
     if spec is None:
         raise ConfigError("missing --config path/to/config.py[:arg]")
     return load_config(spec, overrides), rest
+
+
+def parse_command_line(
+    parser: argparse.ArgumentParser, argv: Sequence[str]
+) -> tuple[ConfigDict, argparse.Namespace]:
+    """``(config, args)`` of a config-driven command; ``--help`` works without a config.
+
+    ``parser`` holds the command's own options; ``--config`` is added to it for the help text.
+    """
+    parser.add_argument("--config", metavar="FILE.py[:ARG]", help=HELP)
+    argv = list(argv)
+    if "-h" in argv or "--help" in argv:
+        parser.parse_args(["--help"])  # prints the help and exits 0
+    cfg, rest = config_from_argv(argv)
+    return cfg, parser.parse_args(rest)
 
 
 def apply_override(cfg: ConfigDict, item: str) -> None:

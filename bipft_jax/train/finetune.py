@@ -39,7 +39,7 @@ from bipft_jax.parallel import get_rules, make_mesh, shard_host_batch
 from bipft_jax.parallel.distributed import add_distributed_args, maybe_initialize_distributed
 from bipft_jax.train import glue_data
 from bipft_jax.train.checkpoint import CheckpointManager, install_sigterm_handler
-from bipft_jax.train.config_io import ConfigDict, config_from_argv, config_hash, save_config
+from bipft_jax.train.config_io import ConfigDict, config_hash, parse_command_line, save_config
 from bipft_jax.train.glue_eval import evaluate, predict, write_predictions
 from bipft_jax.train.glue_init import (
     StageSpec,
@@ -203,7 +203,7 @@ def run_stage(
         consts, const_sh = (jax.device_put(teacher.params, t_sh),), (t_sh,)
 
     ckpt = CheckpointManager(out_dir, tr.keep_checkpoints, tr.save_every or eval_every,
-                             tr.async_checkpoint)  # fmt: skip
+                             tr.async_checkpoint, tr.on_corrupt_checkpoint)  # fmt: skip
     progress = Progress([], {"score": None})
     start = ckpt.latest_step() or 0
     if start:
@@ -302,8 +302,8 @@ def run_stage(
     hooks = LoopHooks(on_log, on_eval, lambda: {**extra, **progress.to_json()})
     try:
         state, status = run_loop(state, train_step, batches, start, total, checkpoint=ckpt,
-                                 log_every=tr.log_every, eval_every=eval_every,
-                                 hooks=hooks)  # fmt: skip
+                                 log_every=tr.log_every, eval_every=eval_every, hooks=hooks,
+                                 max_nonfinite=tr.max_nonfinite_steps or None)  # fmt: skip
     finally:
         ckpt.close()
         writer.close()
@@ -391,12 +391,10 @@ def run(cfg: ConfigDict, workdir: str | Path) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg, rest = config_from_argv(argv)
     parser = argparse.ArgumentParser(prog="bipft finetune", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="output directory")
     add_distributed_args(parser)
-    args = parser.parse_args(rest)
+    cfg, args = parse_command_line(parser, list(sys.argv[1:] if argv is None else argv))
     maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                  args.distributed_timeout_s, enabled=args.distributed)  # fmt: skip
     if jax.process_count() == 1:

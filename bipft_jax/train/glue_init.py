@@ -196,7 +196,7 @@ def restore_params(path: str, step: int | None = None) -> dict:
     workdir = root.parent if root.name == "checkpoints" else root
     if not (workdir / "checkpoints").is_dir():
         raise InitError(f"init checkpoint not found: {workdir}/checkpoints does not exist")
-    with CheckpointManager(workdir, async_save=False) as mngr:
+    with CheckpointManager(workdir, async_save=False, read_only=True) as mngr:
         state, _ = mngr.restore(step=step)
     params = state.get("params", state) if isinstance(state, dict) else state
     return jax.tree.map(np.asarray, dict(params))

@@ -10,11 +10,18 @@
 * ``jit_step``: ``jax.jit`` with in/out shardings and the donated state, traced under the mesh and
   the logical-axis rules.
 * ``run_loop``: steps, periodic logging/eval, checkpoint cadence and SIGTERM save.
+
+Non-finite guard: a step whose loss or gradient norm is NaN/Inf keeps the old params and
+optimizer state (a ``jnp.where`` over the tree inside the jitted step; ``step`` still advances,
+so the batch is dropped and a resumed run repeats exactly). Its metrics carry ``nonfinite = 1``;
+``run_loop`` counts and logs such steps (``skipped_nonfinite``) and stops with
+``NonFiniteLossError`` after ``max_nonfinite`` in a row.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
@@ -26,6 +33,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from bipft_jax.errors import UserError
 from bipft_jax.parallel import batch_sharding, replicated, state_shardings
 from bipft_jax.parallel.rules import Rules
 
@@ -161,8 +169,9 @@ def make_train_step(
     With ``grad_accum_steps = k > 1`` the batch's leading dimension is split into ``k``
     micro-batches; gradients and metrics are the means over them, so with per-example-mean losses
     one step on ``k × (B/k)`` equals one step on ``B`` (elastic quantizers need
-    ``numel_multiplier = k``, see ``with_numel_multiplier``). Metrics add ``loss``, ``grad_norm``
-    and (given ``lr_fn``) ``lr``.
+    ``numel_multiplier = k``, see ``with_numel_multiplier``). Metrics add ``loss``, ``grad_norm``,
+    ``nonfinite`` (1.0 when the update was skipped, see the module docstring) and (given
+    ``lr_fn``) ``lr``.
     """
     if grad_accum_steps < 1:
         raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
@@ -196,9 +205,18 @@ def make_train_step(
             grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), sum_g, state.params)
             metrics = jax.tree.map(lambda m: m * scale, sum_m)
             loss, aux = metrics.pop("loss"), metrics
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**aux, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+        # The non-finite guard: keep the old params and optimizer state, elementwise (fused).
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old),
+            (params, opt_state),
+            (state.params, state.opt_state),
+        )
+        metrics = {**aux, "loss": loss, "grad_norm": grad_norm}
+        metrics["nonfinite"] = jnp.logical_not(finite).astype(jnp.float32)
         if lr_fn is not None:
             metrics["lr"] = lr_fn(state.step)
         return TrainState(state.step + 1, params, opt_state), metrics
@@ -272,6 +290,51 @@ def with_numel_multiplier(config: Any, k: int) -> Any:
 # ----------------------------------------------------------------------------- loop
 
 
+class NonFiniteLossError(UserError):
+    """Too many consecutive steps with a non-finite loss or gradient norm."""
+
+
+class NonFiniteGuard:
+    """Host side of the guard: counts skipped steps, warns, and stops after ``limit`` in a row.
+
+    ``push`` reads the *previous* step's flag (finished, or nearly, on the device) so the host
+    keeps one step queued ahead; ``flush`` reads the pending one (at log steps and the end).
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError(f"max_nonfinite_steps must be >= 1 or None, got {limit}")
+        self.limit, self.skipped, self.in_a_row = limit, 0, 0
+        self._pending: tuple[int, jax.Array] | None = None
+
+    def push(self, step: int, metrics: Mapping[str, Any]) -> None:
+        self.flush()
+        if "nonfinite" in metrics:
+            self._pending = (step, metrics["nonfinite"])
+
+    def flush(self) -> None:
+        if self._pending is None:
+            return
+        step, flag = self._pending
+        self._pending = None
+        if not float(np.asarray(flag)):
+            self.in_a_row = 0
+            return
+        self.skipped += 1
+        self.in_a_row += 1
+        if jax.process_index() == 0:
+            print(f"warning: step {step}: non-finite loss or gradient norm, update skipped "
+                  f"({self.in_a_row} in a row, {self.skipped} in all)", file=sys.stderr,
+                  flush=True)  # fmt: skip
+        if self.limit is not None and self.in_a_row >= self.limit:
+            raise NonFiniteLossError(
+                f"steps {step - self.in_a_row + 1}-{step}: {self.in_a_row} steps in a row with a "
+                "non-finite loss or gradient norm (none applied); stopping. The last checkpoint "
+                "holds the last good state: lower optim.lr, check the data, or raise "
+                "train.max_nonfinite_steps"
+            )
+
+
 @dataclasses.dataclass
 class LoopHooks:
     """Optional callbacks of ``run_loop`` (all receive host-side Python values)."""
@@ -297,17 +360,21 @@ def run_loop(
     log_every: int = 10,
     eval_every: int = 0,
     hooks: LoopHooks | None = None,
+    max_nonfinite: int | None = 10,
 ) -> tuple[TrainState, str]:
     """Run ``train_step`` from ``start_step`` to ``total_steps``; returns ``(state, status)``.
 
     ``status`` is ``"done"`` or ``"preempted"`` (SIGTERM / preemption service: a checkpoint at
     the current step was written). ``checkpoint`` is a ``bipft_jax.train.checkpoint
     .CheckpointManager``; it saves on its cadence and at the last step. ``batches`` yields global
-    (sharded) batches. ``on_log`` gets the logged step's metrics and the mean step time since
-    the previous log.
+    (sharded) batches. ``on_log`` gets the logged step's metrics (plus ``skipped_nonfinite``,
+    the count of skipped steps so far) and the mean step time since the previous log. After
+    ``max_nonfinite`` consecutive skipped steps (``None``: never) it raises
+    ``NonFiniteLossError``.
     """
     hooks = hooks or LoopHooks()
     extra = hooks.extra or (lambda: {})
+    guard = NonFiniteGuard(max_nonfinite)
     step = start_step
     t_last, s_last = time.perf_counter(), step
     status = "done"
@@ -315,10 +382,12 @@ def run_loop(
         batch = next(batches)
         state, metrics = train_step(state, batch)
         step += 1
+        guard.push(step, metrics)
         last = step == total_steps
         saved = checkpoint is not None and checkpoint.save(step, state, extra(), force=last)
         if hooks.on_log is not None and (step % log_every == 0 or last or step == start_step + 1):
-            host = to_host(metrics)
+            guard.flush()  # this step's flag; to_host waits for the step anyway
+            host = {**to_host(metrics), "skipped_nonfinite": float(guard.skipped)}
             now = time.perf_counter()
             hooks.on_log(step, host, (now - t_last) / max(step - s_last, 1))
             t_last, s_last = now, step
@@ -329,6 +398,7 @@ def run_loop(
                 checkpoint.save(step, state, extra(), force=True)
             status = "preempted"
             break
+    guard.flush()
     if checkpoint is not None:
         checkpoint.wait_until_finished()
     return state, status
@@ -336,6 +406,8 @@ def run_loop(
 
 __all__ = [
     "LoopHooks",
+    "NonFiniteGuard",
+    "NonFiniteLossError",
     "TrainState",
     "abstract_state",
     "init_train_state",

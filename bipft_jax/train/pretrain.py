@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -88,6 +87,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.train = dict(
         total_steps=1000, grad_accum_steps=1, log_every=10, eval_every=0, save_every=1000,
         keep_checkpoints=3, async_checkpoint=True,
+        on_corrupt_checkpoint="fallback",  # or "error": stop instead of using an older step
+        max_nonfinite_steps=10,  # stop after this many skipped NaN/Inf steps in a row (0: never)
     )  # fmt: skip
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.sharding = "dp"
@@ -188,7 +189,7 @@ def _restore_teacher_checkpoint(path: str, params, shardings):
     """Student params of a finished FP `bipft pretrain` run (its workdir) as the teacher."""
     if not (Path(path) / "checkpoints").is_dir():
         raise FileNotFoundError(f"config teacher.path: no checkpoints/ in workdir {path!r}")
-    mngr = CheckpointManager(path, save_every=1, async_save=False)
+    mngr = CheckpointManager(path, save_every=1, async_save=False, read_only=True)
     try:
         restored, _ = mngr.restore(None)
     finally:
@@ -333,7 +334,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
 
     init_args = (jax.random.PRNGKey(c.seed), t_params, calib)
     ckpt = CheckpointManager(workdir, c.train.keep_checkpoints, c.train.save_every,
-                             c.train.async_checkpoint)  # fmt: skip
+                             c.train.async_checkpoint, c.train.on_corrupt_checkpoint)  # fmt: skip
     start = ckpt.latest_step()
     if start is None:
         state, sh = init_train_state(init_params, tx, mesh, rules, *init_args)
@@ -417,7 +418,8 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
     try:
         state, status = run_loop(state, step_with_teacher, batches(), start, c.train.total_steps,
                                  checkpoint=ckpt, log_every=c.train.log_every,
-                                 eval_every=c.train.eval_every, hooks=hooks)  # fmt: skip
+                                 eval_every=c.train.eval_every, hooks=hooks,
+                                 max_nonfinite=c.train.max_nonfinite_steps or None)  # fmt: skip
     finally:
         ckpt.close()
         writer.close()
@@ -432,19 +434,14 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg, rest = config_io.config_from_argv(argv)
-    except config_io.ConfigError as e:
-        if "-h" in argv or "--help" in argv:
-            print(__doc__)
-            return 0
-        print(f"bipft pretrain: error: {e}", file=sys.stderr)
-        return 2
-    parser = argparse.ArgumentParser(prog="bipft pretrain", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="bipft pretrain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--workdir", required=True, help="checkpoints, config and metrics")
     add_distributed_args(parser)
-    args = parser.parse_args(rest)
+    cfg, args = config_io.parse_command_line(parser, list(sys.argv[1:] if argv is None else argv))
     maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                  args.distributed_timeout_s, enabled=args.distributed)  # fmt: skip
     if jax.process_index() == 0:
@@ -452,16 +449,12 @@ def main(argv: list[str] | None = None) -> int:
         config_io.save_config(cfg, args.workdir)
     if jax.process_count() == 1:
         install_sigterm_handler()
-    try:
-        status = train_and_evaluate(cfg, args.workdir)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        if os.environ.get("BIPFT_DEBUG"):
-            raise
-        print(f"bipft pretrain: error: {e}\n(set BIPFT_DEBUG=1 for the traceback)",
-              file=sys.stderr)  # fmt: skip
-        return 2
+    # User errors (config, data, paths, checkpoints) propagate to the `bipft` edge (errors.py).
+    status = train_and_evaluate(cfg, args.workdir)
     return 0 if status in ("done", "preempted") else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bipft_jax.errors import run_command
+
+    sys.exit(run_command("bipft pretrain", main, sys.argv[1:]))

@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bipft_jax.train.config_io import ConfigDict, config_from_argv
+from bipft_jax.train.config_io import ConfigDict, parse_command_line
 from bipft_jax.train.pretrain_eval import read_summary
 from bipft_jax.train.study_table import build_tables
 
@@ -254,13 +254,11 @@ def run_study(cfg: ConfigDict, workdir: str | Path, *, commit: bool = False,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg, rest = config_from_argv(argv)
     parser = argparse.ArgumentParser(prog="bipft study", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="runs, logs and checkpoints")
     parser.add_argument("--commit", action="store_true", help="git-commit each run's results")
     parser.add_argument("--dry-run", action="store_true", help="print the unfinished commands")
     parser.add_argument("--limit", type=int, default=0, help="stop after this many jobs")
-    args = parser.parse_args(rest)
+    cfg, args = parse_command_line(parser, list(sys.argv[1:] if argv is None else argv))
     run_study(cfg, args.workdir, commit=args.commit, dry_run=args.dry_run, limit=args.limit)
     return 0

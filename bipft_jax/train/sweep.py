@@ -19,7 +19,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from bipft_jax.train.config_io import ConfigDict, config_from_argv, load_config
+from bipft_jax.train.config_io import ConfigDict, load_config, parse_command_line, split_argv
 from bipft_jax.train.finetune import RESULTS
 from bipft_jax.train.glue_data import resolve_task
 from bipft_jax.train.glue_init import parse_chain
@@ -124,18 +124,18 @@ def run_sweep(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(argv or [])
-    cfg, rest = config_from_argv(argv)
-    spec = next(
-        a.split("=", 1)[1] if "=" in a else argv[i + 1]
-        for i, a in enumerate(argv)
-        if a == "--config" or a.startswith("--config=")
+    parser = argparse.ArgumentParser(
+        prog="bipft sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    overrides = [a for a in argv if a.startswith("--config.") and "=" in a]
-    parser = argparse.ArgumentParser(prog="bipft sweep", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--emit-commands", action="store_true", help="print one command per run")
     parser.add_argument("--aggregate-only", action="store_true", help="only build the tables")
-    args = parser.parse_args(rest)
+    argv = list(argv or [])
+    cfg, args = parse_command_line(parser, argv)
+    # The same overrides that built `cfg` (both `--config.k=v` and `--config.k v`) reach every run.
+    spec, overrides, _ = split_argv(argv)
+    assert spec is not None  # parse_command_line required it
     run_sweep(spec, cfg, overrides, args.workdir, args.emit_commands, args.aggregate_only)
     return 0

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from bipft_jax import cli
 from bipft_jax.data import corpus as C
 from bipft_jax.data import prepare as P
 from bipft_jax.data.tokenizer import BertTokenizer
@@ -87,16 +88,12 @@ def test_prepare_main_on_shared_corpus(shared_data, vocab_file, tmp_path, capsys
     assert corpus.num_tokens == manifest["num_tokens"] == sum(map(len, want))
     assert corpus.document(3)[0].tolist() == tok.tokenize_to_ids(docs[3][0])
     # Refuses to overwrite; clear errors for bad arguments.
-    assert P.main(argv) == 1
+    assert cli.main(["prepare", *argv]) == 2
     assert "already holds a prepared corpus" in capsys.readouterr().err
-    assert P.main(["--vocab", str(vocab_file), "--out", str(tmp_path / "x")]) == 1
+    assert cli.main(["prepare", "--vocab", str(vocab_file), "--out", str(tmp_path / "x")]) == 2
     assert "exactly one of --input" in capsys.readouterr().err
-    assert (
-        P.main(
-            ["--input", str(wiki), "--vocab", str(tmp_path / "v.txt"), "--out", str(tmp_path / "y")]
-        )
-        == 1
-    )
+    bad_vocab = ["--vocab", str(tmp_path / "v.txt"), "--out", str(tmp_path / "y")]
+    assert cli.main(["prepare", "--input", str(wiki), *bad_vocab]) == 2
     assert "vocab file not found" in capsys.readouterr().err
     with pytest.raises(C.CorpusError, match="no manifest.json"):
         P.load_prepared(tmp_path)

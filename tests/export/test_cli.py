@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
+from bipft_jax import cli
 from bipft_jax.export.binary import load_binary
 from bipft_jax.export.cli import main
 from bipft_jax.export.stablehlo import load_exported
@@ -116,8 +117,9 @@ def test_checkpoint_to_hf_then_hf_dir_to_stablehlo(tmp_path):
 
 
 def test_user_errors(tmp_path, capsys):
-    rc = main(
+    rc = cli.main(
         [
+            "export",
             "--format",
             "hf",
             "--checkpoint",
@@ -130,7 +132,7 @@ def test_user_errors(tmp_path, capsys):
             str(tmp_path / "o"),
         ]
     )
-    assert rc == 1 and "checkpoint not found" in capsys.readouterr().err
+    assert rc == 2 and "checkpoint not found" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["--format", "onnx", "--params", "x.msgpack", "--out", "o"])
     assert e.value.code == 2 and "invalid choice: 'onnx'" in capsys.readouterr().err
@@ -138,8 +140,9 @@ def test_user_errors(tmp_path, capsys):
     _, params = init_params(config, "base")
     f = tmp_path / "p.msgpack"
     f.write_bytes(serialization.msgpack_serialize(params))
-    rc = main(
+    rc = cli.main(
         [
+            "export",
             "--format",
             "binary",
             "--params",
@@ -157,13 +160,16 @@ def test_user_errors(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert (
-        rc == 1 and "params do not match the config" in err and "(97, 32) vs config (97, 64)" in err
+        rc == 2 and "params do not match the config" in err and "(97, 32) vs config (97, 64)" in err
     )
-    rc = main(["--format", "binary", "--params", str(f), "--out", str(tmp_path / "o")])
-    assert rc == 1 and "--preset and --size are required" in capsys.readouterr().err
+    rc = cli.main(
+        ["export", "--format", "binary", "--params", str(f), "--out", str(tmp_path / "o")]
+    )
+    assert rc == 2 and "--preset and --size are required" in capsys.readouterr().err
     (tmp_path / "p.bin").write_bytes(b"x")
-    rc = main(
+    rc = cli.main(
         [
+            "export",
             "--format",
             "hf",
             "--params",
@@ -176,9 +182,11 @@ def test_user_errors(tmp_path, capsys):
             str(tmp_path / "o"),
         ]
     )
-    assert rc == 1 and "use .msgpack or .safetensors" in capsys.readouterr().err
-    rc = main(["--format", "hf", "--hf-dir", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert rc == 1 and "no config.json" in capsys.readouterr().err
+    assert rc == 2 and "use .msgpack or .safetensors" in capsys.readouterr().err
+    rc = cli.main(
+        ["export", "--format", "hf", "--hf-dir", str(tmp_path), "--out", str(tmp_path / "o")]
+    )
+    assert rc == 2 and "no config.json" in capsys.readouterr().err
 
 
 def test_real_minilm_reexport_is_lossless(tmp_path, capsys):
@@ -212,8 +220,9 @@ def test_real_minilm_reexport_is_lossless(tmp_path, capsys):
     for name, value in before.items():
         np.testing.assert_array_equal(after[name], value.astype(np.float32), err_msg=name)
     assert (out / "vocab.txt").read_bytes() == (src / "vocab.txt").read_bytes()
-    rc = main(
+    rc = cli.main(
         [
+            "export",
             "--format",
             "binary",
             "--hf-dir",
@@ -226,4 +235,22 @@ def test_real_minilm_reexport_is_lossless(tmp_path, capsys):
             str(tmp_path / "b"),
         ]
     )
-    assert rc == 1 and "needs calibrated" in capsys.readouterr().err
+    assert rc == 2 and "needs calibrated" in capsys.readouterr().err
+
+
+def test_raw_boxed_params_file_exports(tmp_path):
+    """`to_bytes(model.init(...))` keeps nn.Partitioned boxes as {"value": array} nodes; the
+    export unboxes them and writes exactly the init values."""
+    import flax.linen as nn
+    from bipft_jax.export.common import build_model
+
+    config = tiny_config("bit")
+    variables = build_model(config, "classification", 3).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32)
+    )
+    f = tmp_path / "raw.msgpack"
+    f.write_bytes(serialization.to_bytes(variables))
+    args = ["--params", str(f), "--preset", "bit", "--size", "tiny", *SETS]
+    assert main(["--format", "binary", *args, "--out", str(tmp_path / "bin")]) == 0
+    restored, _, _ = load_binary(tmp_path / "bin")
+    _same(jax.tree.map(np.asarray, nn.unbox(variables["params"])), restored)

@@ -78,3 +78,26 @@ def test_bad_sweep_keys(tmp_path):
         sweep.main(_argv(tmp_path, "--config.sweep.tasks=sst3", "--emit-commands"))
     with pytest.raises(ValueError, match="sweep.presets"):
         sweep.main(_argv(tmp_path, "--config.sweep.presets=fp;xnor", "--emit-commands"))
+
+
+def test_overrides_in_both_forms_reach_every_run(tmp_path, monkeypatch, capsys):
+    """`--config.k=v` and `--config.k v` change the grid AND the config of every run."""
+    from bipft_jax.train import finetune
+
+    seen = []
+    monkeypatch.setattr(finetune, "run", lambda cfg, workdir: seen.append(cfg))
+    monkeypatch.setattr(sweep, "aggregate", lambda *a: {})
+    argv = [
+        "--config", f"{ROOT}/configs/glue/bipft.py",
+        "--config.sweep.tasks", "rte", "--config.sweep.presets=fp", "--config.sweep.seeds", "3",
+        "--config.train.lr", "0.000123", "--config.model.num_layers=1",
+        "--workdir", str(tmp_path),
+    ]  # fmt: skip
+    assert sweep.main(argv) == 0
+    assert len(seen) == 1
+    cfg = seen[0]
+    assert (cfg.task, cfg.chain, cfg.seed) == ("rte", "fp", 3)
+    assert cfg.train.lr == 0.000123 and cfg.model.num_layers == 1
+    assert sweep.main([*argv, "--emit-commands"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "--config.train.lr=0.000123" in line and "--config.model.num_layers=1" in line

@@ -46,7 +46,7 @@ def popen(workdir: Path, cache_dir: Path, *extra: str) -> subprocess.Popen:
 
 
 def final_params(workdir: Path, step: int | None = None) -> dict:
-    mngr = CheckpointManager(workdir, save_every=1, async_save=False)
+    mngr = CheckpointManager(workdir, save_every=1, async_save=False, read_only=True)
     try:
         state, extra = mngr.restore(None, step)
     finally:

@@ -9,6 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from bipft_jax import cli
 from bipft_jax.train import pretrain
 from tests.train.cli_runs import REPO, command, env, run
 
@@ -58,14 +59,14 @@ def keep_signals():
 )  # fmt: skip
 def test_bad_input_gives_clear_error(tmp_path, shared_data, capsys, keep_signals, extra, message):
     argv = command(tmp_path / "w")[4:] + ["--config.data.max_docs=20", *extra]
-    assert pretrain.main(argv) == 2
+    assert cli.main(["pretrain", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_missing_config_file_and_workdir(tmp_path, capsys):
-    assert pretrain.main(["--config", "configs/pretrain/nope.py", "--workdir", "x"]) == 2
+    assert cli.main(["pretrain", "--config", "configs/pretrain/nope.py", "--workdir", "x"]) == 2
     assert "configs/pretrain/nope.py does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         pretrain.main(["--config", str(REPO / "configs/pretrain/tiny.py")])

@@ -1,0 +1,60 @@
+"""Errors a user can cause or act on, and the one place that reports them.
+
+Every `bipft` subcommand runs through ``run_command`` (see ``bipft_jax.cli``): an error of the
+``USER_ERRORS`` family (config, data, paths, checkpoints, params files, unknown names, a full
+disk) becomes ONE line on stderr and exit code 2, without a traceback; ``BIPFT_DEBUG=1`` lets the
+exception propagate so the traceback shows. Module ``main`` functions raise; they do not print
+errors themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+DEBUG_ENV = "BIPFT_DEBUG"
+EXIT_USER_ERROR = 2
+
+
+class UserError(ValueError):
+    """An error whose message tells the user what to fix (a ``ValueError`` for old callers)."""
+
+
+# What the edge turns into one line. UserError and the package's own errors (ConfigError,
+# GlueDataError, InitError, ExportError, ...) are ValueErrors; OSError covers missing paths,
+# permissions and a full disk.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception as a single line (whitespace runs, newlines included, become one space).
+
+    A ValueError / OSError, or a KeyError whose argument is a sentence, is its message; anything
+    else is prefixed with its type (``KeyError: 'lr'``).
+    """
+    arg = exc.args[0] if len(exc.args) == 1 else None
+    if isinstance(exc, KeyError) and isinstance(arg, str) and " " in arg:
+        text = arg
+    elif isinstance(exc, (ValueError, OSError)):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def report(prog: str, exc: BaseException) -> int:
+    """Print ``<prog>: error: <message>`` on stderr and return the exit code (2)."""
+    hint = "" if isinstance(exc, UserError) else f" (set {DEBUG_ENV}=1 for the traceback)"
+    print(f"{prog}: error: {one_line(exc)}{hint}", file=sys.stderr, flush=True)
+    return EXIT_USER_ERROR
+
+
+def run_command(prog: str, main: Callable[[list[str]], int | None], argv: Sequence[str]) -> int:
+    """``main(argv)`` with user errors reported as one line (exit 2), unless ``BIPFT_DEBUG``."""
+    try:
+        return int(main(list(argv)) or 0)
+    except USER_ERRORS as e:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        return report(prog, e)
