@@ -111,7 +111,7 @@ def finetune_config(
             async_checkpoint=True,
             keep_state=False,  # keep the train-state checkpoints of a finished stage
             on_corrupt_checkpoint="fallback",  # or "error": stop instead of using an older step
-            max_nonfinite_steps=10,  # stop after this many skipped NaN/Inf steps in a row (0: never)
+            max_nonfinite_steps=10,  # stop after this many NaN/Inf steps in a row (0: never)
             # "always" | "bibert_quirk" (glue_rules.student_dropout_on: reference BiBERT turns
             # the student's dropout off from an epoch's first evaluation to its end)
             student_dropout="always",

@@ -4,13 +4,13 @@
 
 The config lists tasks, seeds, rows and the binary-pretraining runs (see `configs/study/`). The
 driver turns them into jobs (`bipft pretrain` / `bipft finetune` subprocesses, their commands
-recorded), runs the unfinished ones in dependency order, one seed of every row before the next
-seed (FP first: its final models are the KD teachers and the students' initialisation; then
-pretraining; then the binary rows; the BiPFT-B pretraining curve last) and, after every finished run, writes its record to
-`<results>/<run>.json` and rebuilds `<results>.{md,json,png}`. A rerun skips finished runs and
-resumes an interrupted one mid-run (each command resumes from its own checkpoints). SIGTERM is
-passed to the running job, which saves; the study then stops with exit code 0. `--commit` commits
-each run's record and the tables as they land.
+recorded) and runs the unfinished ones in dependency order, one seed of every row before the next
+seed: FP first (its final models are the KD teachers and the students' initialisation), then
+pretraining, then the binary rows; the BiPFT-B pretraining curve last. After every finished run
+it writes the run's record to `<results>/<run>.json` and rebuilds `<results>.{md,json,png}`.
+A rerun skips finished runs and resumes an interrupted one mid-run (each command resumes from its
+own checkpoints). SIGTERM is passed to the running job, which saves; the study then stops with
+exit code 0. `--commit` commits each run's record and the tables as they land.
 """
 
 from __future__ import annotations
