@@ -194,13 +194,22 @@ def _run(cmd: list[str], log: Path) -> int:
     return rc
 
 
-def _commit(paths: list[Path], message: str) -> None:
-    """`git add` + `git commit` of the given files (the study's results as they land)."""
+def _commit(paths: list[Path], message: str, attempts: int = 5) -> bool:
+    """`git add` + `git commit` of only the given files (the study's results as they land).
+
+    Retries while another git process holds the index; a failure is reported, never fatal (the
+    files stay on disk and the next commit takes them along)."""
     files = [str(p) for p in paths if p.exists()]
-    subprocess.run(["git", "add", *files], check=True)
-    staged = subprocess.run(["git", "diff", "--cached", "--quiet"], check=False)
-    if staged.returncode:
-        subprocess.run(["git", "commit", "-q", "-m", message, "--", *files], check=True)
+    for attempt in range(attempts):
+        add = subprocess.run(["git", "add", *files], capture_output=True, text=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", message, "--", *files], capture_output=True, text=True
+        ).returncode in (0, 1)  # 1: nothing changed
+        if done:
+            return True
+        time.sleep(2.0 * (attempt + 1))
+    print(f"study: warning: could not commit {files}", file=sys.stderr, flush=True)
+    return False
 
 
 def run_study(cfg: ConfigDict, workdir: str | Path, *, commit: bool = False,
