@@ -50,8 +50,7 @@ def config(
     c = default_config()
     c.model.method, c.model.size, c.model.dtype = method, size, "bfloat16"
     c.data.seq_len, c.data.global_batch_size, c.data.max_predictions = seq, batch, 20
-    weights = dict(mlm=1.0, nsp=1.0, nsp_kd=1.0 if teacher else 0.0,
-                   hidden=1.0 if teacher else 0.0)  # fmt: skip
+    weights = dict(mlm=1.0, nsp=1.0, nsp_kd=1.0 if teacher else 0.0, hidden=1.0 if teacher else 0.0)
     c.loss.update(weights)
     return c
 
@@ -63,9 +62,13 @@ def random_batch(batch: int, seq: int, n_pred: int, seed: int = 0) -> dict:
     for row in range(batch):
         pos = rng.choice(np.arange(1, seq - 1), n_pred, replace=False)
         labels[row, pos] = ids[row, pos]
-    return {"input_ids": ids, "token_type_ids": np.zeros_like(ids),
-            "attention_mask": np.ones_like(ids), "mlm_labels": labels,
-            "next_sentence_label": rng.integers(0, 2, batch).astype(np.int32)}  # fmt: skip
+    return {
+        "input_ids": ids,
+        "token_type_ids": np.zeros_like(ids),
+        "attention_mask": np.ones_like(ids),
+        "mlm_labels": labels,
+        "next_sentence_label": rng.integers(0, 2, batch).astype(np.int32),
+    }
 
 
 def bench(method: str, teacher: bool, batch: int, seq: int, steps: int, size: str) -> dict:
@@ -82,8 +85,13 @@ def bench(method: str, teacher: bool, batch: int, seq: int, steps: int, size: st
 
     tx = make_optimizer({"lr": 1e-4, "schedule": "constant", "clip_norm": 1.0})
     state, sh = init_train_state(init, tx, mesh, rules, jax.random.PRNGKey(0), t_params)
-    step = jit_step(make_train_step(make_pretrain_loss(c, student, t_model), tx), mesh, rules,
-                    sh, const_shardings=(t_sh,))  # fmt: skip
+    step = jit_step(
+        make_train_step(make_pretrain_loss(c, student, t_model), tx),
+        mesh,
+        rules,
+        sh,
+        const_shardings=(t_sh,),
+    )
     b = shard_host_batch(host, mesh)
     t0 = time.perf_counter()
     state, m = step(state, b, t_params)
@@ -100,13 +108,22 @@ def bench(method: str, teacher: bool, batch: int, seq: int, steps: int, size: st
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     tok_s = batch * seq / med
-    flops = bert_flops_per_token(cfg.hidden_size, cfg.intermediate_size, cfg.num_layers,
-                                 cfg.vocab_size, seq, 20)  # fmt: skip
+    flops = bert_flops_per_token(
+        cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.vocab_size, seq, 20
+    )
     peak = peak_flops_per_device(jax.devices()[0].device_kind) or float("nan")
-    return {"method": method, "teacher": teacher, "median_step_s": med, "min_step_s": min(times),
-            "tokens_per_s": tok_s, "model_tflops_per_s": flops * tok_s / 1e12,
-            "mfu": flops * tok_s / peak, "compile_plus_first_step_s": compile_s,
-            "loss": float(np.asarray(m["loss"])), "steps_timed": steps}  # fmt: skip
+    return {
+        "method": method,
+        "teacher": teacher,
+        "median_step_s": med,
+        "min_step_s": min(times),
+        "tokens_per_s": tok_s,
+        "model_tflops_per_s": flops * tok_s / 1e12,
+        "mfu": flops * tok_s / peak,
+        "compile_plus_first_step_s": compile_s,
+        "loss": float(np.asarray(m["loss"])),
+        "steps_timed": steps,
+    }
 
 
 def matmul_ceiling(n: int = 8192, reps: int = 10) -> float:
@@ -128,17 +145,19 @@ def write(results: dict, out: Path) -> None:
     (out / "train_throughput_accel.json").write_text(json.dumps(results, indent=2) + "\n")
     fp = next((r for r in results["rows"] if r["method"] == "fp"), None)
     lines = [
-        "# Pretraining throughput on an accelerator: FP vs binary BERT (bf16)", "",
+        "# Pretraining throughput on an accelerator: FP vs binary BERT (bf16)",
+        "",
         f"Model size {results['size']}. Device: {results['device']} (1 device), JAX "
         f"{results['jax']}, flax {results['flax']}. Global batch {results['batch']} x "
         f"{results['seq']} tokens, bf16 activations/matmuls, fp32 params, AdamW, dropout on, MLM "
         "head on 20 gathered masked positions per row. Median of "
         f"{results['steps']} timed steps after compile + 2 warm-up steps. MFU = student model "
         f"FLOPs / {results['peak_tflops']:.0f} TFLOP/s dense bf16 peak; measured bf16 matmul "
-        f"ceiling (8192^3 jnp.dot): {results['matmul_tflops']:.0f} TFLOP/s.", "",
+        f"ceiling (8192^3 jnp.dot): {results['matmul_tflops']:.0f} TFLOP/s.",
+        "",
         "| preset | teacher | step (ms) | tokens/s | model TFLOP/s | MFU | x FP tokens/s |",
         "|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for r in results["rows"]:
         ratio = r["tokens_per_s"] / fp["tokens_per_s"] if fp else float("nan")
         who = "FP teacher (hidden+NSP KD)" if r["teacher"] else "—"
@@ -164,12 +183,21 @@ def main() -> None:
     ap.add_argument("--matmul", type=int, default=8192, help="side of the bf16 matmul probe")
     a = ap.parse_args()
     dev = jax.devices()[0]
-    results = {"device": dev.device_kind, "platform": dev.platform, "num_devices": 1,
-               "jax": jax.__version__, "flax": flax.__version__, "batch": a.batch,
-               "seq": a.seq, "steps": a.steps, "size": a.size,
-               "matmul_tflops": matmul_ceiling(a.matmul),
-               "peak_tflops": (peak_flops_per_device(dev.device_kind) or float("nan")) / 1e12,
-               "rows": [], "errors": {}}  # fmt: skip
+    results = {
+        "device": dev.device_kind,
+        "platform": dev.platform,
+        "num_devices": 1,
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "batch": a.batch,
+        "seq": a.seq,
+        "steps": a.steps,
+        "size": a.size,
+        "matmul_tflops": matmul_ceiling(a.matmul),
+        "peak_tflops": (peak_flops_per_device(dev.device_kind) or float("nan")) / 1e12,
+        "rows": [],
+        "errors": {},
+    }
     print(json.dumps({k: v for k, v in results.items() if k != "rows"}), flush=True)
     for method, teacher in CONFIGS:
         name = method + ("+t" if teacher else "")

@@ -1,0 +1,431 @@
+"""Training speed of bipft_jax against Hugging Face transformers + PyTorch on this CPU.
+
+    python benchmarks/train_vs_torch.py [--rounds 5] [--baseline-tree /path/to/older/checkout]
+
+Side by side in one process group, 2 threads each, MiniLM-L6-H384 sizes, batch 32 x 128:
+  (a) a fine-tuning step (sequence classification, dropout on, AdamW): HF BertForSequence-
+      Classification vs bipft_jax FP and every binary preset;
+  (b) a pretraining step with a frozen FP teacher: HF BertForPreTraining (MLM on all positions, as
+      HF computes it) + a BertModel teacher under no_grad, hidden MSE + MLM + NSP, vs bipft_jax's
+      BiPFT objective with the MLM head on the 20 masked positions per row (and, for the record,
+      on all 128 positions: the pre-gather cost), FP and every binary preset;
+  (c) one real GLUE epoch end to end (STS-B: read, tokenize, train one epoch at batch 32, evaluate
+      dev), examples/s: `bipft finetune` (dynamic padding) vs a plain PyTorch loop with per-batch
+      padding, and, with `--baseline-tree`, the `bipft finetune` of an older checkout ("today").
+(a) and (b) run in interleaved rounds (one step of every contender per round, after compile and
+warm-up) and report medians; (c) runs each contender once per round. Results:
+`benchmarks/results/train_vs_torch.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SIZES = dict(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536)
+B, L, N_PRED = 32, 128, 20
+
+
+def _batch(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 30000, (B, L)).astype(np.int32)
+    labels = np.full((B, L), -100, np.int32)
+    for r in range(B):
+        pos = rng.choice(np.arange(1, L - 1), N_PRED, replace=False)
+        labels[r, pos] = ids[r, pos]
+    return {
+        "input_ids": ids,
+        "token_type_ids": np.zeros_like(ids),
+        "attention_mask": np.ones_like(ids),
+        "mlm_labels": labels,
+        "next_sentence_label": rng.integers(0, 2, B).astype(np.int32),
+        "labels": rng.integers(0, 2, B).astype(np.int32),
+    }
+
+
+# ----------------------------------------------------------------------------- PyTorch side
+
+
+def torch_finetune_step() -> Callable[[], None]:
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(
+        num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536
+    )
+    model = BertForSequenceClassification(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
+    b = {k: torch.as_tensor(v, dtype=torch.long) for k, v in _batch().items()}
+
+    def step():
+        out = model(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            token_type_ids=b["token_type_ids"],
+            labels=b["labels"],
+        )
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def torch_pretrain_step() -> Callable[[], None]:
+    import torch
+    from transformers import BertConfig, BertForPreTraining, BertModel
+
+    cfg = BertConfig(
+        num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536
+    )
+    student = BertForPreTraining(cfg).train()
+    teacher = BertModel(cfg).eval()
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.01)
+    b = {k: torch.as_tensor(v, dtype=torch.long) for k, v in _batch().items()}
+    mse = torch.nn.MSELoss()
+
+    def step():
+        args = dict(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            token_type_ids=b["token_type_ids"],
+        )
+        out = student(
+            **args,
+            labels=b["mlm_labels"],
+            next_sentence_label=b["next_sentence_label"],
+            output_hidden_states=True,
+        )
+        with torch.no_grad():
+            t_hidden = teacher(**args, output_hidden_states=True).hidden_states
+        hidden = sum(mse(s, t) for s, t in zip(out.hidden_states, t_hidden, strict=True)) / len(
+            t_hidden
+        )
+        (out.loss + hidden).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+# ----------------------------------------------------------------------------- bipft_jax side
+
+
+def jax_finetune_step(method: str) -> Callable[[], None]:
+    import jax
+    import jax.numpy as jnp
+
+    from bipft_jax.model.bert import BertForSequenceClassification
+    from bipft_jax.model.presets import get_model_config
+    from bipft_jax.parallel import get_rules, make_mesh, shard_host_batch
+    from bipft_jax.train.glue_kd import finetune_loss
+    from bipft_jax.train.loop import init_train_state, jit_step, make_train_step
+    from bipft_jax.train.optim import make_optimizer
+
+    model = BertForSequenceClassification(get_model_config(method, "base", **SIZES), num_labels=2)
+    mesh, rules = make_mesh({"data": 1}, jax.devices()[:1]), get_rules("dp")
+    host = _batch()
+    ids = jnp.asarray(host["input_ids"][:1])
+
+    def loss_fn(params, batch, rng):
+        out = model.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["token_type_ids"],
+            deterministic=False,
+            rngs={"dropout": rng},
+        )
+        return finetune_loss("none", out, None, batch["labels"], is_regression=False)
+
+    tx = make_optimizer({"name": "adamw", "lr": 5e-5, "weight_decay": 0.01})
+    state, sh = init_train_state(
+        lambda r: model.init(r, ids)["params"], tx, mesh, rules, jax.random.PRNGKey(0)
+    )
+    step = jit_step(make_train_step(loss_fn, tx), mesh, rules, sh)
+    keys = ("input_ids", "token_type_ids", "attention_mask", "labels")
+    batch = shard_host_batch({k: host[k] for k in keys}, mesh)
+    box = {"state": state}
+
+    def run():
+        box["state"], m = step(box["state"], batch)
+        jax.block_until_ready(m)
+
+    return run
+
+
+def jax_pretrain_step(method: str, n_pred: int) -> Callable[[], None]:
+    import jax
+
+    from bipft_jax.model.bert import BertForPreTraining
+    from bipft_jax.parallel import get_rules, make_mesh, shard_host_batch
+    from bipft_jax.train.loop import init_train_state, jit_step, make_train_step
+    from bipft_jax.train.optim import make_optimizer
+    from bipft_jax.train.pretrain import (
+        _student_config,
+        build_teacher,
+        copy_matching,
+        default_config,
+        make_pretrain_loss,
+    )
+
+    c = default_config()
+    c.model.method, c.model.size = method, "base"
+    c.model.overrides = tuple(f"{k}={v}" for k, v in SIZES.items())
+    c.data.seq_len, c.data.global_batch_size, c.data.max_predictions = L, B, n_pred
+    c.loss.update(nsp_kd=0.0, mlm_kd=0.0, hidden=1.0)  # MiniLM-like headless teacher
+    mesh, rules = make_mesh({"data": 1}, jax.devices()[:1]), get_rules("dp")
+    cfg = _student_config(c, 30522)
+    student = BertForPreTraining(cfg)
+    host = _batch()
+    ids = host["input_ids"][:1]
+    teacher, t_params, t_sh, _ = build_teacher(c, cfg, mesh, rules, ids)
+    tx = make_optimizer({"name": "adamw", "lr": 1e-4, "weight_decay": 0.01})
+    init = lambda r, tp: copy_matching(student.init(r, ids)["params"], tp)  # noqa: E731
+    state, sh = init_train_state(init, tx, mesh, rules, jax.random.PRNGKey(0), t_params)
+    step = jit_step(
+        make_train_step(make_pretrain_loss(c, student, teacher), tx),
+        mesh,
+        rules,
+        sh,
+        const_shardings=(t_sh,),
+    )
+    keys = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "next_sentence_label")
+    batch = shard_host_batch({k: host[k] for k in keys}, mesh)
+    box = {"state": state}
+
+    def run():
+        box["state"], m = step(box["state"], batch, t_params)
+        jax.block_until_ready(m)
+
+    return run
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def interleaved(contenders: dict[str, Callable[[], None]], rounds: int) -> dict:
+    """Compile/warm every contender, then time one call of each per round; medians."""
+    first = {}
+    for name, fn in contenders.items():
+        t0 = time.perf_counter()
+        fn()
+        first[name] = time.perf_counter() - t0
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    ref = statistics.median(times["torch"])
+    return {
+        name: {
+            "median_s": statistics.median(ts),
+            "min_s": min(ts),
+            "times_s": ts,
+            "ratio_to_torch": statistics.median(ts) / ref,
+            "first_call_s": first[name],
+        }
+        for name, ts in times.items()
+    }
+
+
+def glue_epoch_ours(tree: Path, work: Path, minilm: str, baseline: bool) -> float:
+    """Wall seconds of `bipft finetune`, 1 STS-B epoch + dev evaluation, in a fresh process."""
+    if baseline:  # the older checkout: its own recipe file, same hyper-parameters
+        spec = f"{tree}/configs/glue/bipft.py:stsb"
+        sets = [
+            "chain=fp",
+            "model.size=hf",
+            "init.kind=hf",
+            f"init.path={minilm}",
+            "train.epochs=1",
+            "train.batch_size=32",
+            "train.max_length=128",
+            "train.lr=5e-5",
+            "train.eval_every=100000",
+            "train.eval_batch_size=128",
+        ]
+    else:
+        spec = f"{tree}/configs/glue/study_minilm.py:fp:stsb"
+        sets = ["train.epochs=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bipft_jax.cli",
+        "finetune",
+        "--config",
+        spec,
+        "--workdir",
+        str(work),
+        *[f"--config.{s}" for s in sets],
+    ]
+    env = {**os.environ, "PYTHONPATH": str(tree), "XLA_FLAGS": ""}
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree)
+    seconds = time.perf_counter() - t0
+    if out.returncode:
+        raise RuntimeError(out.stdout[-2000:] + out.stderr[-2000:])
+    return seconds
+
+
+def glue_epoch_torch(minilm: str) -> float:
+    """Wall seconds of a plain PyTorch loop: read + tokenize STS-B, 1 epoch (per-batch padding,
+    AdamW, linear warm-up/decay, clip 1.0), evaluate dev."""
+    import torch
+    from transformers import BertForSequenceClassification, BertTokenizer
+
+    from bipft_jax import paths
+    from bipft_jax.data.glue import load_glue
+
+    t0 = time.perf_counter()
+    tok = BertTokenizer.from_pretrained(minilm)
+    model = BertForSequenceClassification.from_pretrained(minilm, num_labels=1).train()
+    glue = paths.default_glue_dir()
+    train, dev = load_glue("stsb", "train", glue), load_glue("stsb", "dev", glue)
+
+    def encode(rows):
+        enc = tok(
+            [r.text_a for r in rows],
+            [r.text_b for r in rows],
+            truncation=True,
+            max_length=128,
+            padding=True,
+            return_tensors="pt",
+        )
+        return enc, torch.tensor([r.label for r in rows], dtype=torch.float32)
+
+    order = np.random.default_rng(0).permutation(len(train))
+    steps = len(train) // 32
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / (0.1 * steps), max(0.0, (steps - s) / (0.9 * steps)))
+    )
+    for i in range(steps):
+        enc, y = encode([train[j] for j in order[i * 32 : (i + 1) * 32]])
+        loss = torch.nn.functional.mse_loss(model(**enc).logits[:, 0], y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(dev), 128):
+            enc, _ = encode(dev[i : i + 128])
+            model(**enc)
+    return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def write(res: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "train_vs_torch.json").write_text(json.dumps(res, indent=2) + "\n")
+    lines = [
+        "# Training speed: bipft_jax vs Hugging Face transformers + PyTorch (CPU)",
+        "",
+        f"Machine: {res['machine']}; torch {res['torch']} and XLA both on 2 threads; JAX "
+        f"{res['jax']}. 1-min load average before/after: {res['load']}. MiniLM-L6-H384 "
+        f"sizes, batch {B} x {L}; medians of {res['rounds']} interleaved rounds.",
+        "",
+    ]
+    for key, title in (
+        ("finetune", "(a) Fine-tuning step"),
+        ("pretrain", "(b) Pretraining step with a frozen FP teacher"),
+    ):
+        if key not in res:
+            continue
+        lines += [f"## {title}", "", "| contender | median step (s) | x PyTorch |", "|---|---|---|"]
+        lines += [
+            f"| {k} | {v['median_s']:.3f} | {v['ratio_to_torch']:.2f} |"
+            for k, v in res[key].items()
+        ]
+        lines.append("")
+    if "glue_epoch" in res:
+        g = res["glue_epoch"]
+        lines += [
+            "## (c) One STS-B epoch end to end (read, tokenize, train, evaluate dev)",
+            "",
+            "| contender | wall (s) | train examples/s |",
+            "|---|---|---|",
+        ]
+        for k, v in g["seconds"].items():
+            lines.append(f"| {k} | {v:.1f} | {g['train_rows'] / v:.1f} |")
+        lines.append("")
+    lines += [
+        "Goals (issue #13): FP step <= 1.0x PyTorch; every binary preset <= 1.25x PyTorch FP; "
+        "the GLUE epoch >= 3x faster than before (baseline tree)."
+    ]
+    (RESULTS / "train_vs_torch.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--parts", default="finetune,pretrain,glue")
+    ap.add_argument("--baseline-tree", default="", help="an older checkout for (c)'s 'today' row")
+    a = ap.parse_args()
+    import jax
+    import torch
+
+    torch.set_num_threads(2)
+    from binary_linear import cpu_info
+
+    from bipft_jax.paths import resolve_model_dir
+
+    res: dict = {
+        "machine": cpu_info()["model_name"],
+        "torch": torch.__version__,
+        "jax": jax.__version__,
+        "rounds": a.rounds,
+        "load": [round(os.getloadavg()[0], 2)],
+    }
+    parts = a.parts.split(",")
+    methods = ("fp", "bibert", "bit", "bipft")
+    if "finetune" in parts:
+        contenders = {"torch": torch_finetune_step()}
+        contenders.update({f"bipft_jax {m}": jax_finetune_step(m) for m in methods})
+        res["finetune"] = interleaved(contenders, a.rounds)
+        write(res)
+    if "pretrain" in parts:
+        contenders = {"torch": torch_pretrain_step()}
+        contenders["bipft_jax fp, MLM on all 128 positions"] = jax_pretrain_step("fp", L)
+        contenders.update({f"bipft_jax {m}": jax_pretrain_step(m, N_PRED) for m in methods})
+        res["pretrain"] = interleaved(contenders, a.rounds)
+        write(res)
+    if "glue" in parts:
+        minilm = resolve_model_dir("minilm")
+        work = Path(os.environ.get("TMPDIR", "/tmp")) / f"train_vs_torch_{os.getpid()}"
+        seconds = {
+            "PyTorch loop": glue_epoch_torch(minilm),
+            "bipft finetune": glue_epoch_ours(ROOT, work / "ours", minilm, False),
+        }
+        if a.baseline_tree:
+            tree = Path(a.baseline_tree)
+            seconds["bipft finetune, baseline tree"] = glue_epoch_ours(
+                tree, work / "base", minilm, True
+            )
+        res["glue_epoch"] = {"seconds": seconds, "train_rows": 5749}
+        write(res)
+    res["load"].append(round(os.getloadavg()[0], 2))
+    write(res)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
