@@ -27,4 +27,5 @@ def get_config(arg=None):
     c.eval.selection = "bibert"  # quant_task_glue.py:305-307, 666-683; utils_glue.py:578-584
     c.eval.mnli_mm = "when_best"  # mm only when matched improves (quant_task_glue.py:685-691)
     c.seed = 101 if c.task == "qnli" else 42  # scripts/train_qnli.sh --seed 101
+    c.train.pad_multiple = 0  # every row padded to max_seq_length (quant_task_glue.py features)
     return c

@@ -23,4 +23,5 @@ def get_config(arg=None):
     c.eval.selection = "bipft"  # first metric key (run_glue_no_trainer_bnn_dist_direct.py:591-603)
     c.eval.mnli_mm = "final"  # mm once on the final model (:649-667)
     c.seed = 42  # run.sh --seed 42
+    c.train.pad_multiple = 1  # pad to the longest row (run_glue_no_trainer_bnn_dist_direct.py:412)
     return c

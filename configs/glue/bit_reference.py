@@ -27,4 +27,5 @@ def get_config(arg=None):
     c.eval.selection = "bit"  # kd_learner_glue.py:293-303, utils_glue.py:36-38, 606-613
     c.eval.mnli_mm = "when_best"  # mm only when matched improves (kd_learner_glue.py:305-316)
     c.seed = 42
+    c.train.pad_multiple = 0  # every row padded to max_seq_length (utils_glue.py features)
     return c
