@@ -132,16 +132,17 @@ def test_dp_and_fsdp_give_the_losses_of_one_device(tmp_path, method, monkeypatch
 # ----------------------------------------------------------------------------- resume
 
 
-def test_preempted_stage_resumes_bit_identically(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cut", [4, 3])  # 3: the checkpoint is written before its evaluation
+def test_preempted_stage_resumes_bit_identically(tmp_path, monkeypatch, cut):
     overrides = ("chain=bipft", "train.max_steps=6", "train.eval_every=3", "train.save_every=2",
                  "train.keep_state=true", "train.async_checkpoint=false")  # fmt: skip
     cfg = tiny_config("bipft", "sst2", *overrides)
     whole = finetune.run(cfg, tmp_path / "whole")
     calls = {"n": 0}
 
-    def preempt_once():  # SIGTERM arrives during step 4
+    def preempt_once():  # SIGTERM arrives during step `cut`
         calls["n"] += 1
-        return calls["n"] == 4
+        return calls["n"] == cut
 
     monkeypatch.setattr(ckpt_mod, "preemption_requested", preempt_once)
     part = finetune.run(cfg, tmp_path / "cut")
