@@ -114,11 +114,11 @@ def convert(kind: str, path: str | Path, out: str | Path, sets: dict | None = No
     import jax.numpy as jnp
     from flax import traverse_util
 
-    from bipft_jax.export.common import build_model
+    from bipft_jax.checkpoint import CheckpointManager
+    from bipft_jax.checkpoint.model_card import write_model_card
+    from bipft_jax.model.params import build_model
     from bipft_jax.model.presets import get_model_config
     from bipft_jax.model.reference_import import import_reference
-    from bipft_jax.train.checkpoint import CheckpointManager
-    from bipft_jax.train.model_card import write_model_card
 
     if kind not in REFERENCES:
         raise ConvertError(f"--from {kind!r}: choose one of {REFERENCES}")

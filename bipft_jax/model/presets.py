@@ -133,6 +133,8 @@ def apply_overrides(config: BertConfig, overrides: Any) -> BertConfig:
     data = to_dict(config)
     for key, value in items.items():
         old = _current(config, key)
+        if value is None and _optional(config, key):  # e.g. padding_idx=None: no padding row
+            old = None
         node = data
         for part in key.split(".")[:-1]:
             node = node[part]
@@ -181,6 +183,16 @@ def _current(config: BertConfig, key: str) -> Any:
     if dataclasses.is_dataclass(node):
         raise ValueError(f"config key {key!r} is a group; set one of its fields")
     return node
+
+
+def _optional(config: BertConfig, key: str) -> bool:
+    """Whether the field ``key`` (dotted, known to exist) is annotated ``... | None``."""
+    *groups, name = key.split(".")
+    node: Any = config
+    for part in groups:
+        node = getattr(node, part)
+    field = next(f for f in dataclasses.fields(node) if f.name == name)
+    return "None" in str(field.type)
 
 
 def _checked(key: str, old: Any, value: Any) -> Any:

@@ -32,13 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from bipft_jax import paths
+from bipft_jax.checkpoint import CheckpointManager, install_sigterm_handler, restore_params
+from bipft_jax.checkpoint.model_card import write_model_card
 from bipft_jax.data.glue import GlueDataError, TaskSpec
 from bipft_jax.data.tokenizer import BertTokenizer
 from bipft_jax.model.bert import BertForSequenceClassification
 from bipft_jax.parallel import get_rules, make_mesh, shard_host_batch
 from bipft_jax.parallel.distributed import add_distributed_args, maybe_initialize_distributed
 from bipft_jax.train import glue_data
-from bipft_jax.train.checkpoint import CheckpointManager, install_sigterm_handler
 from bipft_jax.train.config_io import ConfigDict, config_hash, parse_command_line, save_config
 from bipft_jax.train.glue_eval import evaluate, predict, write_predictions
 from bipft_jax.train.glue_init import (
@@ -48,7 +49,6 @@ from bipft_jax.train.glue_init import (
     load_initial_params,
     merge_encoder,
     parse_chain,
-    restore_params,
     stage_model_config,
 )
 from bipft_jax.train.glue_kd import check_kd_kind, finetune_loss, loss_options, needs_intermediates
@@ -65,7 +65,6 @@ from bipft_jax.train.loop import (
     with_numel_multiplier,
 )
 from bipft_jax.train.metrics import MetricWriter, ProgressLogger
-from bipft_jax.train.model_card import write_model_card
 from bipft_jax.train.optim import lr_schedule, make_optimizer
 
 RESULTS = "results.json"

@@ -365,7 +365,7 @@ def run_loop(
     """Run ``train_step`` from ``start_step`` to ``total_steps``; returns ``(state, status)``.
 
     ``status`` is ``"done"`` or ``"preempted"`` (SIGTERM / preemption service: a checkpoint at
-    the current step was written). ``checkpoint`` is a ``bipft_jax.train.checkpoint
+    the current step was written). ``checkpoint`` is a ``bipft_jax.checkpoint
     .CheckpointManager``; it saves on its cadence and at the last step. ``batches`` yields global
     (sharded) batches. ``on_log`` gets the logged step's metrics (plus ``skipped_nonfinite``,
     the count of skipped steps so far) and the mean step time since the previous log. After

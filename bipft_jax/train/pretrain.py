@@ -21,9 +21,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import traverse_util
 
 from bipft_jax import paths
+from bipft_jax.checkpoint import (
+    CheckpointManager,
+    install_sigterm_handler,
+    restore_params,
+    transfer_params,
+)
+from bipft_jax.checkpoint.model_card import write_model_card
 from bipft_jax.losses import bipft_pretrain_loss
 from bipft_jax.losses.core import select_masked
 from bipft_jax.parallel import (
@@ -34,7 +40,6 @@ from bipft_jax.parallel import (
 )
 from bipft_jax.parallel.distributed import add_distributed_args, maybe_initialize_distributed
 from bipft_jax.train import config_io
-from bipft_jax.train.checkpoint import CheckpointManager, install_sigterm_handler
 from bipft_jax.train.loop import (
     LoopHooks,
     TrainState,
@@ -47,7 +52,6 @@ from bipft_jax.train.loop import (
     train_state_shardings,
     with_numel_multiplier,
 )
-from bipft_jax.train.model_card import write_model_card
 from bipft_jax.train.optim import lr_schedule, make_optimizer
 from bipft_jax.train.pretrain_eval import (
     format_summary,
@@ -111,7 +115,7 @@ def _student_config(c: ml_collections.ConfigDict, vocab_size: int):
     m = c.model
     size, sizes = m.size, {}
     if size == "hf":  # the teacher's sizes (a Hugging Face directory)
-        from bipft_jax.train.glue_init import hf_sizes
+        from bipft_jax.model.hf_import import hf_sizes
 
         size, sizes = "base", hf_sizes(paths.resolve_model_dir(c.teacher.path))
         vocab_size = sizes.pop("vocab_size")
@@ -186,42 +190,22 @@ def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any
 
 
 def _restore_teacher_checkpoint(path: str, params, shardings):
-    """Student params of a finished FP `bipft pretrain` run (its workdir) as the teacher."""
+    """Student params of a finished FP `bipft pretrain` run (its workdir) as the teacher: read
+    straight onto the teacher's shardings; they must be exactly the FP model's params."""
     if not (Path(path) / "checkpoints").is_dir():
         raise FileNotFoundError(f"config teacher.path: no checkpoints/ in workdir {path!r}")
-    mngr = CheckpointManager(path, save_every=1, async_save=False, read_only=True)
-    try:
-        restored, _ = mngr.restore(None)
-    finally:
-        mngr.close()
-    flat_t = traverse_util.flatten_dict(restored["params"])
-    flat = traverse_util.flatten_dict(params)
-    missing = [("/".join(k)) for k in flat if k not in flat_t]
-    if missing:
-        raise ValueError(f"teacher checkpoint {path} lacks FP params: {missing[:5]}")
-    new = traverse_util.unflatten_dict({k: np.asarray(flat_t[k]) for k in flat})
-    return jax.device_put(new, shardings)
+    like = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        params, shardings)  # fmt: skip
+    return restore_params(path, like=like)
 
 
-def copy_matching(student_boxed, teacher_params, skip: tuple[str, ...] = ()):
-    """Student params with every leaf that the teacher has copied over (top-level subtrees in
-    ``skip`` keep the student's init). A leaf present on both sides with different shapes is an
-    error, never silently skipped."""
-    flat_s = traverse_util.flatten_dict(student_boxed)
-    flat_t = traverse_util.flatten_dict(teacher_params)
-    out, bad = {}, []
-    for path, leaf in flat_s.items():
-        t = None if path[0] in skip else flat_t.get(path)
-        value = nn.unbox(leaf)
-        if t is not None and t.shape != value.shape:
-            bad.append(f"{'/'.join(path)}: teacher {t.shape} vs student {value.shape}")
-        elif t is not None:
-            t = t.astype(value.dtype)
-            leaf = leaf.replace_boxed(t) if isinstance(leaf, nn.Partitioned) else t
-        out[path] = leaf
-    if bad:
-        raise ValueError("teacher and student parameters differ in shape: " + "; ".join(bad[:5]))
-    return traverse_util.unflatten_dict(out)
+def init_from_teacher(student_boxed, teacher_params, skip: tuple[str, ...] = ()):
+    """Student params with every leaf that the teacher has copied over (`transfer_params`; the
+    subtrees in ``skip`` keep the student's init). A leaf on both sides with different shapes
+    is an error, never silently skipped."""
+    out, _ = transfer_params(student_boxed, teacher_params, what="the teacher", skip=skip,
+                             names=("student", "teacher"))  # fmt: skip
+    return out
 
 
 # ----------------------------------------------------------------------------- losses
@@ -323,7 +307,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
         boxed = student.init(rng, cb["input_ids"][:1])["params"]
         if not c.init.from_teacher:
             return boxed
-        boxed = copy_matching(boxed, teacher_params, skip=() if t_heads else HEADS)
+        boxed = init_from_teacher(boxed, teacher_params, skip=() if t_heads else HEADS)
         if c.init.calibrate:
             from bipft_jax.quant import calibrate_alphas
 

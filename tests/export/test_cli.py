@@ -60,7 +60,7 @@ def test_params_file_to_binary(tmp_path):
 
 
 def test_checkpoint_to_hf_then_hf_dir_to_stablehlo(tmp_path):
-    from bipft_jax.train.checkpoint import CheckpointManager
+    from bipft_jax.checkpoint import CheckpointManager
 
     config = tiny_config("fp")
     model, params = init_params(config, "classification")
@@ -242,7 +242,8 @@ def test_raw_boxed_params_file_exports(tmp_path):
     """`to_bytes(model.init(...))` keeps nn.Partitioned boxes as {"value": array} nodes; the
     export unboxes them and writes exactly the init values."""
     import flax.linen as nn
-    from bipft_jax.export.common import build_model
+
+    from bipft_jax.model.params import build_model
 
     config = tiny_config("bit")
     variables = build_model(config, "classification", 3).init(

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from bipft_jax.checkpoint import CheckpointManager
 from bipft_jax.model.bert import BertForSequenceClassification
 from bipft_jax.model.heads import BertPooler
-from bipft_jax.train.checkpoint import CheckpointManager
 from bipft_jax.train.glue_init import load_initial_params, model_config, parse_stage
 
 SIZES = dict(vocab_size=97, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)

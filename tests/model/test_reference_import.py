@@ -6,12 +6,12 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from bipft_jax.export.common import build_model
 
+from bipft_jax.checkpoint import restore_params
+from bipft_jax.checkpoint.model_card import read_model_card
 from bipft_jax.convert import convert, main
+from bipft_jax.model.params import build_model
 from bipft_jax.model.reference_import import REFERENCES, ReferenceImportError
-from bipft_jax.train.glue_init import restore_params
-from bipft_jax.train.model_card import read_model_card
 from tests.model.reference_ckpt import SIZES, reference_forward, reference_state
 
 torch = pytest.importorskip("torch")
