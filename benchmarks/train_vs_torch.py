@@ -126,10 +126,10 @@ def jax_finetune_step(method: str) -> Callable[[], None]:
     import jax
     import jax.numpy as jnp
 
+    from bipft_jax.glue.kd import finetune_loss
     from bipft_jax.model.bert import BertForSequenceClassification
     from bipft_jax.model.presets import get_model_config
     from bipft_jax.parallel import get_rules, make_mesh, shard_host_batch
-    from bipft_jax.train.glue_kd import finetune_loss
     from bipft_jax.train.loop import init_train_state, jit_step, make_train_step
     from bipft_jax.train.optim import make_optimizer
 

@@ -39,6 +39,7 @@ from bipft_jax.parallel import (
     state_shardings,
 )
 from bipft_jax.parallel.distributed import add_distributed_args, maybe_initialize_distributed
+from bipft_jax.quant import with_numel_multiplier
 from bipft_jax.train import config_io
 from bipft_jax.train.loop import (
     LoopHooks,
@@ -50,7 +51,6 @@ from bipft_jax.train.loop import (
     make_train_step,
     run_loop,
     train_state_shardings,
-    with_numel_multiplier,
 )
 from bipft_jax.train.optim import lr_schedule, make_optimizer
 from bipft_jax.train.pretrain_eval import (

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from bipft_jax.model.presets import get_model_config
-from bipft_jax.quant import ActQuant
+from bipft_jax.quant import ActQuant, with_numel_multiplier
 from bipft_jax.train import config_io
-from bipft_jax.train.loop import with_numel_multiplier
 from bipft_jax.train.pretrain import init_from_teacher
 from tests.train.cli_runs import REPO
 

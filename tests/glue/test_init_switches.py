@@ -1,4 +1,4 @@
-"""glue_init switches: W1A2 pooler bits, keeping loaded α, loading the source's classifier."""
+"""glue/init.py switches: W1A2 pooler bits, keeping loaded α, loading the source's classifier."""
 
 import flax.linen as nn
 import jax
@@ -8,9 +8,9 @@ import pytest
 from flax import traverse_util
 
 from bipft_jax.checkpoint import CheckpointManager
+from bipft_jax.glue.init import load_initial_params, model_config, parse_stage
 from bipft_jax.model.bert import BertForSequenceClassification
 from bipft_jax.model.heads import BertPooler
-from bipft_jax.train.glue_init import load_initial_params, model_config, parse_stage
 
 SIZES = dict(vocab_size=97, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
 
@@ -111,8 +111,8 @@ def test_hf_init_loads_the_classifier(tmp_path, load):
 
 
 def test_stage_model_config_reads_the_switches():
-    from bipft_jax.train.glue_init import stage_model_config
-    from bipft_jax.train.glue_recipes import finetune_config
+    from bipft_jax.glue.init import stage_model_config
+    from bipft_jax.glue.recipes import finetune_config
 
     cfg = finetune_config("bit", "rte", chain="fp,bit:a2", kd="bit", optimizer="bertadam")
     cfg.model.size, cfg.model.num_layers = "tiny", 1

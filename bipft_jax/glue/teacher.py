@@ -26,10 +26,10 @@ import numpy as np
 
 from bipft_jax.checkpoint import ParamsMismatchError, restore_params, transfer_params
 from bipft_jax.checkpoint.model_card import MODEL_CARD, ModelCardError, read_model_card
+from bipft_jax.glue.init import InitError, parse_stage, stage_model_config
 from bipft_jax.model.bert import BertForSequenceClassification
 from bipft_jax.model.config import BertConfig
 from bipft_jax.model.hf_import import bert_config_from_hf, import_hf_weights, read_hf_checkpoint
-from bipft_jax.train.glue_init import InitError, parse_stage, stage_model_config
 
 _STAGE_SUBDIRS = ("best", "final")
 

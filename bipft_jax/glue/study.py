@@ -29,9 +29,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bipft_jax.glue.study_table import build_tables
 from bipft_jax.train.config_io import ConfigDict, parse_command_line
 from bipft_jax.train.pretrain_eval import read_summary
-from bipft_jax.train.study_table import build_tables
 
 FINETUNE_RESULTS = "results.json"
 

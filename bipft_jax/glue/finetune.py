@@ -36,13 +36,9 @@ from bipft_jax.checkpoint import CheckpointManager, install_sigterm_handler, res
 from bipft_jax.checkpoint.model_card import write_model_card
 from bipft_jax.data.glue import GlueDataError, TaskSpec
 from bipft_jax.data.tokenizer import BertTokenizer
-from bipft_jax.model.bert import BertForSequenceClassification
-from bipft_jax.parallel import get_rules, make_mesh, shard_host_batch
-from bipft_jax.parallel.distributed import add_distributed_args, maybe_initialize_distributed
-from bipft_jax.train import glue_data
-from bipft_jax.train.config_io import ConfigDict, config_hash, parse_command_line, save_config
-from bipft_jax.train.glue_eval import evaluate, predict, write_predictions
-from bipft_jax.train.glue_init import (
+from bipft_jax.glue import data as glue_data
+from bipft_jax.glue.eval import evaluate, predict, write_predictions
+from bipft_jax.glue.init import (
     StageSpec,
     init_alphas,
     init_params,
@@ -51,9 +47,14 @@ from bipft_jax.train.glue_init import (
     parse_chain,
     stage_model_config,
 )
-from bipft_jax.train.glue_kd import check_kd_kind, finetune_loss, loss_options, needs_intermediates
-from bipft_jax.train.glue_rules import eval_rules, student_dropout_on
-from bipft_jax.train.glue_teacher import Teacher, apply_teacher, load_teacher
+from bipft_jax.glue.kd import check_kd_kind, finetune_loss, loss_options, needs_intermediates
+from bipft_jax.glue.rules import eval_rules, student_dropout_on
+from bipft_jax.glue.teacher import Teacher, apply_teacher, load_teacher
+from bipft_jax.model.bert import BertForSequenceClassification
+from bipft_jax.parallel import get_rules, make_mesh, shard_host_batch
+from bipft_jax.parallel.distributed import add_distributed_args, maybe_initialize_distributed
+from bipft_jax.quant import with_numel_multiplier
+from bipft_jax.train.config_io import ConfigDict, config_hash, parse_command_line, save_config
 from bipft_jax.train.loop import (
     LoopHooks,
     TrainState,
@@ -62,7 +63,6 @@ from bipft_jax.train.loop import (
     make_train_step,
     run_loop,
     train_state_shardings,
-    with_numel_multiplier,
 )
 from bipft_jax.train.metrics import MetricWriter, ProgressLogger
 from bipft_jax.train.optim import lr_schedule, make_optimizer
