@@ -75,8 +75,7 @@ def read_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
 
 def model_overrides(kind: str, state: dict, hf_config: dict, sets: dict[str, Any]) -> dict:
     """`get_model_config(kind, "base", **overrides)` keys that describe this checkpoint."""
-    from bipft_jax.glue.init import act_bits_overrides
-    from bipft_jax.model.presets import get_model_config
+    from bipft_jax.model.presets import act_bits_overrides, get_model_config
 
     base = get_model_config(kind, "base")
     found: dict[str, Any] = {k: hf_config[h] for k, h in _HF_KEYS.items() if h in hf_config}

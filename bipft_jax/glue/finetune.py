@@ -195,7 +195,8 @@ def run_stage(
     sh = train_state_shardings(boxed(model), tx, mesh, rules, jax.random.PRNGKey(0))
     state = _place_state(params, tx, sh, mesh)
     del params
-    consts, const_sh = (), ()
+    consts: tuple[Any, ...] = ()
+    const_sh: tuple[Any, ...] = ()
     if teacher is not None:
         t_sh = train_state_shardings(boxed(teacher.model), tx, mesh, rules,
                                      jax.random.PRNGKey(0)).params  # fmt: skip
@@ -379,6 +380,7 @@ def run(cfg: ConfigDict, workdir: str | Path) -> dict:
         all_results.append(results)
         if results["status"] != "done":
             return {"status": results["status"], "stages": all_results}
+        assert best_params is not None  # a finished stage has its best/ weights
         init, teacher = best_params, Teacher(model, best_params, f"stage {i}")
     summary = {
         "status": "done", "task": task.spec.name, "seed": cfg.seed, "chain": cfg.chain,

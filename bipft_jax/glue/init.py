@@ -30,12 +30,15 @@ from bipft_jax.checkpoint.model_card import find_model_card, read_model_card
 from bipft_jax.model.bert import BertForSequenceClassification
 from bipft_jax.model.config import BertConfig
 from bipft_jax.model.hf_import import hf_sizes, import_hf_weights, read_hf_checkpoint, sizes_of
-from bipft_jax.model.presets import METHODS, apply_overrides, get_model_config
+from bipft_jax.model.presets import (
+    METHODS,
+    act_bits_overrides,
+    apply_overrides,
+    get_model_config,
+)
 from bipft_jax.quant.layers import calibrate_alphas
 
 INIT_KINDS = ("scratch", "hf", "checkpoint")
-_ACT_FIELDS = ("linear_input", "ffn_out_input", "qkv", "probs")
-_POOLER_INPUT = "pooler_quant.input"  # BiT's W1A2 stage: the pooler input is A2 too
 
 
 class InitError(ValueError):
@@ -123,13 +126,6 @@ def stage_model_config(cfg: Any, stage: StageSpec) -> BertConfig:
         hf_dir = paths.resolve_model_dir(cfg.init.path) if cfg.init.path else None
     config = model_config(stage, size, hf_dir, pooler_follows_bits=follow, **extra)
     return apply_overrides(config, m.get("overrides", ()))
-
-
-def act_bits_overrides(bits: int, pooler: bool = True) -> dict[str, int]:
-    """`get_model_config` overrides that put every elastic activation binarizer (and, with
-    `pooler`, the pooler input) at `bits`."""
-    fields = (*_ACT_FIELDS, _POOLER_INPUT) if pooler else _ACT_FIELDS
-    return {f"quant.{field}.bits": bits for field in fields}
 
 
 def init_params(

@@ -116,6 +116,17 @@ def get_model_config(method: str, size: str, **overrides: Any) -> BertConfig:
     return apply_overrides(from_config_dict(get_model_config_dict(method, size)), overrides)
 
 
+_ACT_FIELDS = ("linear_input", "ffn_out_input", "qkv", "probs")
+_POOLER_INPUT = "pooler_quant.input"  # BiT's W1A2 stage: the pooler input is A2 too
+
+
+def act_bits_overrides(bits: int, pooler: bool = True) -> dict[str, int]:
+    """`get_model_config` overrides that put every elastic activation binarizer (and, with
+    `pooler`, the pooler input) at `bits` (a `bit:a2` fine-tuning stage, a W1A4 checkpoint)."""
+    fields = (*_ACT_FIELDS, _POOLER_INPUT) if pooler else _ACT_FIELDS
+    return {f"quant.{field}.bits": bits for field in fields}
+
+
 def apply_overrides(config: BertConfig, overrides: Any) -> BertConfig:
     """`config` with `overrides` applied and validated.
 

@@ -30,8 +30,12 @@ from bipft_jax.checkpoint import (
     transfer_params,
 )
 from bipft_jax.checkpoint.model_card import write_model_card
-from bipft_jax.losses import bipft_pretrain_loss
-from bipft_jax.losses.core import select_masked
+from bipft_jax.losses import (
+    DEFAULT_PRETRAIN_WEIGHTS,
+    bipft_pretrain_loss,
+    mlm_targets,
+    pretrain_contract,
+)
 from bipft_jax.parallel import (
     get_rules,
     make_mesh,
@@ -62,7 +66,6 @@ from bipft_jax.train.pretrain_eval import (
 )
 
 TEACHER_SOURCES = ("random", "hf", "checkpoint")
-_KD_TERMS = ("nsp_kd", "hidden", "mlm_kd", "attn", "dmd")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -80,10 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
         mask_prob=0.15, max_predictions=0, max_docs=0, eval_fraction=0.02, eval_batches=8,
         num_workers=0,
     )  # fmt: skip
-    c.loss = dict(
-        mlm=1.0, nsp=1.0, nsp_kd=1.0, hidden=1.0, mlm_kd=0.0, attn=0.0, dmd=0.0,
-        temperature=1.0, mask_hidden=False,
-    )  # fmt: skip
+    c.loss = dict(**DEFAULT_PRETRAIN_WEIGHTS, temperature=1.0, mask_hidden=False)
     c.optim = dict(
         name="adamw", lr=2e-4, alpha_lr=0.0, weight_decay=0.01, schedule="linear",
         warmup_steps=0, end_lr=0.0, clip_norm=1.0, schedule_steps_per_update=1,
@@ -222,25 +222,25 @@ def _forward(model, params, b, rng, train: bool, intermediates: bool, positions=
 def make_pretrain_loss(c, student, teacher):
     """``loss_fn(params, batch, rng, teacher_params)`` of the BiPFT objective (config weights).
 
-    The MLM head (and MLM-KD) runs on the masked positions only: ``max_predictions`` gathered
-    rows per example, as original BERT; the loss equals the all-positions one."""
-    weights = {k: c.loss[k] for k in ("mlm", "nsp", *_KD_TERMS)}
-    use_teacher = any(weights[k] for k in _KD_TERMS)
-    inter = any(weights[k] for k in ("hidden", "attn", "dmd"))
-    n_pred = max_predictions(c)
+    The objective's ``pretrain_contract`` decides whether the teacher runs and whether both
+    models return their intermediates. The MLM head (and MLM-KD) runs on the masked positions
+    only: ``max_predictions`` gathered rows per example, as original BERT; the loss equals the
+    all-positions one."""
+    weights = {k: c.loss[k] for k in DEFAULT_PRETRAIN_WEIGHTS}
+    contract = pretrain_contract(weights, c.loss.mask_hidden)
+    inter, n_pred = contract.needs_intermediates, max_predictions(c)
 
     def loss_fn(params, batch, rng, teacher_params):
-        positions, labels = select_masked(batch["mlm_labels"], n_pred)
-        b = {**batch, "labels": labels}
+        positions, _ = mlm_targets(batch, n_pred)
         s_rng, t_rng = jax.random.split(rng)
-        s_out = _forward(student, params, b, s_rng, True, inter, positions)
+        s_out = _forward(student, params, batch, s_rng, True, inter, positions)
         t_out = {}
-        if use_teacher:
-            t_out = _forward(teacher, teacher_params, b, t_rng, c.teacher.dropout, inter,
+        if contract.needs_teacher:
+            t_out = _forward(teacher, teacher_params, batch, t_rng, c.teacher.dropout, inter,
                              positions)  # fmt: skip
             t_out = jax.lax.stop_gradient(t_out)
-        total, parts = bipft_pretrain_loss(s_out, t_out, b, weights, c.loss.temperature,
-                                           c.loss.mask_hidden)  # fmt: skip
+        total, parts = bipft_pretrain_loss(s_out, t_out, batch, weights, c.loss.temperature,
+                                           c.loss.mask_hidden, max_predictions=n_pred)  # fmt: skip
         parts.pop("total")
         return total, {(k if k.endswith("_acc") else f"loss_{k}"): v for k, v in parts.items()}
 
