@@ -27,6 +27,7 @@ from bipft_jax.checkpoint import (
     transfer_params,
 )
 from bipft_jax.checkpoint.model_card import find_model_card, read_model_card
+from bipft_jax.checkpoint.transfer import differences, leaf_shapes
 from bipft_jax.model.bert import BertForSequenceClassification
 from bipft_jax.model.config import BertConfig
 from bipft_jax.model.hf_import import hf_sizes, import_hf_weights, read_hf_checkpoint, sizes_of
@@ -161,8 +162,9 @@ def merge_encoder(
         names = ("model config", "checkpoint")
         out, report = transfer_params(params, source, what=what, skip=skip, names=names)
     except ParamsMismatchError as e:
-        hint = " (another task's classifier? set init.load_classifier=False)" if classifier else ""
-        raise InitError(f"{e}{hint}") from None
+        shapes, _, _ = differences(leaf_shapes(params), leaf_shapes(source))
+        head = all(k.startswith("classifier/") for k in shapes)  # another task's classifier
+        raise InitError(f"{e}" + ("; set init.load_classifier=False" if head else "")) from None
     return out, set(report.kept)
 
 

@@ -8,7 +8,7 @@ import pytest
 from flax import traverse_util
 
 from bipft_jax.checkpoint import CheckpointManager
-from bipft_jax.glue.init import load_initial_params, model_config, parse_stage
+from bipft_jax.glue.init import InitError, load_initial_params, model_config, parse_stage
 from bipft_jax.model.bert import BertForSequenceClassification
 from bipft_jax.model.heads import BertPooler
 
@@ -87,6 +87,23 @@ def test_keep_alpha_still_calibrates_from_an_fp_checkpoint(tmp_path):
     a, _ = load_initial_params(student, batch, 1, "checkpoint", str(tmp_path), keep_alpha=True)
     b, _ = load_initial_params(student, batch, 1, "checkpoint", str(tmp_path), keep_alpha=False)
     assert _alphas(a) == _alphas(b)
+
+
+def test_checkpoint_classifier_of_another_task_is_reported_not_skipped(tmp_path):
+    config = model_config(parse_stage("fp"), "tiny", **SIZES)
+    batch = _batch()
+    _save(tmp_path, traverse_util.unflatten_dict(_init(BertForSequenceClassification(config, 3),
+                                                       batch)))  # fmt: skip
+    two = BertForSequenceClassification(config, 2)
+    with pytest.raises(
+        InitError,
+        match=r"classifier/kernel: checkpoint \(16, 3\) vs model "
+        r"config \(16, 2\).*set init.load_classifier=False",
+    ):
+        load_initial_params(two, batch, 1, "checkpoint", str(tmp_path))
+    params, _ = load_initial_params(two, batch, 1, "checkpoint", str(tmp_path),
+                                    load_classifier=False)  # fmt: skip
+    assert params["classifier"]["kernel"].shape == (16, 2)
 
 
 @pytest.mark.parametrize("load", [True, False])
