@@ -117,7 +117,7 @@ def _student_config(c: ml_collections.ConfigDict, vocab_size: int):
     if size == "hf":  # the teacher's sizes (a Hugging Face directory)
         from bipft_jax.model.hf_import import hf_sizes
 
-        size, sizes = "base", hf_sizes(paths.resolve_model_dir(c.teacher.path))
+        size, sizes = "base", hf_sizes(_teacher_dir(c.teacher.path))
         vocab_size = sizes.pop("vocab_size")
     cfg = get_model_config(
         m.method, size, vocab_size=vocab_size, dtype=m.dtype, remat=m.remat,
@@ -126,6 +126,13 @@ def _student_config(c: ml_collections.ConfigDict, vocab_size: int):
     )  # fmt: skip
     cfg = apply_overrides(cfg, m.overrides)  # "quant.estimators.rank=2", ... (BertConfig fields)
     return with_numel_multiplier(cfg, c.train.grad_accum_steps)
+
+
+def _teacher_dir(path: str) -> str:
+    try:
+        return paths.resolve_model_dir(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"config teacher.path: {e}") from None
 
 
 def _check_fits(student, teacher) -> None:
@@ -156,7 +163,7 @@ def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any
     if t.source == "hf":
         from bipft_jax.model.hf_import import bert_config_from_hf, read_hf_checkpoint
 
-        hf_config, hf_state = read_hf_checkpoint(paths.resolve_model_dir(t.path))
+        hf_config, hf_state = read_hf_checkpoint(_teacher_dir(t.path))
         has_heads = any(k.startswith("cls.") for k in hf_state)
         head_terms = [k for k in ("mlm_kd", "nsp_kd") if c.loss[k]]
         if not has_heads and head_terms:
