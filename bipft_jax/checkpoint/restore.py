@@ -1,9 +1,9 @@
 """Reading another run's checkpoint: ``restore_params`` and ``restore_state``.
 
 Every reader goes through these two (pretraining's checkpoint teacher, fine-tuning's init,
-teacher and best weights, `bipft export`), so all verify the integrity manifest, fall back to
-the newest intact step, and never move anything (a read-only ``CheckpointManager``). A run
-resuming its own checkpoints uses its writing manager's ``restore`` (same code path).
+teacher and best weights, `bipft export`; the trainers resuming), so all verify the integrity
+manifest and fall back to the newest intact step; a reader never moves anything (a read-only
+``CheckpointManager``).
 """
 
 from __future__ import annotations
@@ -52,15 +52,22 @@ def restore_params(
 
 
 def restore_state(
-    workdir: str | Path,
+    source: str | Path | CheckpointManager,
     abstract_state: PyTree | None = None,
     step: int | None = None,
     *,
     on_corrupt: str = "fallback",
 ) -> tuple[PyTree, dict]:
-    """``(state, extra)`` of step ``step`` (default: the newest intact one) of the run in
-    ``workdir``, on ``abstract_state``'s shardings (``None``: as saved)."""
+    """``(state, extra)`` of step ``step`` (default: the newest intact one) on
+    ``abstract_state``'s shardings (``None``: as saved).
+
+    ``source``: a run directory (read through a read-only manager), or a run's own writing
+    ``CheckpointManager`` when it resumes (the corrupt steps it skips are then moved to
+    ``checkpoints_corrupt/`` before its next save; ``on_corrupt`` is the manager's).
+    """
+    if isinstance(source, CheckpointManager):
+        return source.restore(abstract_state, step)
     with CheckpointManager(
-        run_dir(workdir), async_save=False, on_corrupt=on_corrupt, read_only=True
+        run_dir(source), async_save=False, on_corrupt=on_corrupt, read_only=True
     ) as mngr:
         return mngr.restore(abstract_state, step)

@@ -32,7 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from bipft_jax import paths
-from bipft_jax.checkpoint import CheckpointManager, install_sigterm_handler, restore_params
+from bipft_jax.checkpoint import (
+    CheckpointManager,
+    install_sigterm_handler,
+    restore_params,
+    restore_state,
+)
 from bipft_jax.checkpoint.model_card import write_model_card
 from bipft_jax.data.glue import GlueDataError, TaskSpec
 from bipft_jax.data.tokenizer import BertTokenizer
@@ -207,7 +212,7 @@ def run_stage(
     progress = Progress([], {"score": None})
     start = ckpt.latest_step() or 0
     if start:
-        state, extra = ckpt.restore(abstract_state(sh, state))
+        state, extra = restore_state(ckpt, abstract_state(sh, state))
         progress = Progress(extra["history"], extra["best"])
         if main_proc:
             print(f"[{spec.name} {stage.name}] resumed at step {start}/{total}", flush=True)

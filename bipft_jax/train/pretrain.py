@@ -27,6 +27,7 @@ from bipft_jax.checkpoint import (
     CheckpointManager,
     install_sigterm_handler,
     restore_params,
+    restore_state,
     transfer_params,
 )
 from bipft_jax.checkpoint.model_card import write_model_card
@@ -337,7 +338,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
                 lambda *a: TrainState(jnp.zeros((), jnp.int32), nn.meta.unbox(init_params(*a)),
                                       tx.init(nn.meta.unbox(init_params(*a)))), *init_args
             )  # fmt: skip
-        state, extra = ckpt.restore(abstract_state(sh, shapes))
+        state, extra = restore_state(ckpt, abstract_state(sh, shapes))
         loader.restore(extra["loader"])
         if main_proc:
             print(f"resumed from step {start} ({ckpt.directory})", flush=True)

@@ -104,3 +104,6 @@ def test_restore_state_reads_everything(run):
     _same(state["params"], want["params"])
     _same(state["opt_state"][0], want["opt_state"][0])
     assert int(state["step"]) == 2 and extra == {"loader": 2}
+    with CheckpointManager(run, read_only=True) as m:  # a resuming run passes its own manager
+        state, extra = restore_state(m, step=1)
+    assert int(state["step"]) == 1 and extra == {"loader": 1}
