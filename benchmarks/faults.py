@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MANIFEST = "integrity.json"  # = bipft_jax.train.integrity.MANIFEST; a step is committed with it
+MANIFEST = (
+    "integrity.json"  # = bipft_jax.checkpoint.integrity.MANIFEST; a step is committed with it
+)
 RESULTS = ROOT / "benchmarks" / "results"
 TOTAL, EVERY = 12, 4
 PRETRAIN = [
@@ -50,7 +52,7 @@ def _inject(fault: str) -> None:
     kind, _, at = fault.partition(":")
     step = int(at or 0)
     if kind == "hang_commit":  # all data of `step` written, then hang right before the commit
-        from bipft_jax.train import integrity
+        from bipft_jax.checkpoint import integrity
 
         seal = integrity.write_manifest
 
@@ -64,7 +66,7 @@ def _inject(fault: str) -> None:
     elif kind == "disk_full":  # from the save of `step` on, the kernel refuses files > 1 MiB
         import resource
 
-        from bipft_jax.train.checkpoint import CheckpointManager
+        from bipft_jax.checkpoint import CheckpointManager
 
         save = CheckpointManager.save
 

@@ -36,8 +36,8 @@ from bipft_jax.train.optim import make_optimizer
 from bipft_jax.train.pretrain import (
     _student_config,
     build_teacher,
-    copy_matching,
     default_config,
+    init_from_teacher,
     make_pretrain_loss,
 )
 
@@ -81,7 +81,7 @@ def bench(method: str, teacher: bool, batch: int, seq: int, steps: int, size: st
     t_model, t_params, t_sh, _ = build_teacher(c, cfg, mesh, rules, ids)
 
     def init(rng, tp):
-        return copy_matching(student.init(rng, ids)["params"], tp)
+        return init_from_teacher(student.init(rng, ids)["params"], tp)
 
     tx = make_optimizer({"lr": 1e-4, "schedule": "constant", "clip_norm": 1.0})
     state, sh = init_train_state(init, tx, mesh, rules, jax.random.PRNGKey(0), t_params)

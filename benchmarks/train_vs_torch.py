@@ -126,10 +126,10 @@ def jax_finetune_step(method: str) -> Callable[[], None]:
     import jax
     import jax.numpy as jnp
 
+    from bipft_jax.glue.kd import finetune_loss
     from bipft_jax.model.bert import BertForSequenceClassification
     from bipft_jax.model.presets import get_model_config
     from bipft_jax.parallel import get_rules, make_mesh, shard_host_batch
-    from bipft_jax.train.glue_kd import finetune_loss
     from bipft_jax.train.loop import init_train_state, jit_step, make_train_step
     from bipft_jax.train.optim import make_optimizer
 
@@ -175,8 +175,8 @@ def jax_pretrain_step(method: str, n_pred: int) -> Callable[[], None]:
     from bipft_jax.train.pretrain import (
         _student_config,
         build_teacher,
-        copy_matching,
         default_config,
+        init_from_teacher,
         make_pretrain_loss,
     )
 
@@ -192,7 +192,7 @@ def jax_pretrain_step(method: str, n_pred: int) -> Callable[[], None]:
     ids = host["input_ids"][:1]
     teacher, t_params, t_sh, _ = build_teacher(c, cfg, mesh, rules, ids)
     tx = make_optimizer({"name": "adamw", "lr": 1e-4, "weight_decay": 0.01})
-    init = lambda r, tp: copy_matching(student.init(r, ids)["params"], tp)  # noqa: E731
+    init = lambda r, tp: init_from_teacher(student.init(r, ids)["params"], tp)  # noqa: E731
     state, sh = init_train_state(init, tx, mesh, rules, jax.random.PRNGKey(0), t_params)
     step = jit_step(
         make_train_step(make_pretrain_loss(c, student, teacher), tx),

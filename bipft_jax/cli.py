@@ -19,11 +19,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("bipft_jax.model.stats:main", "parameters, sizes and FLOPs of a model config"),
     "prepare": ("bipft_jax.data.prepare:main", "tokenize a corpus into sharded records"),
     "pretrain": ("bipft_jax.train.pretrain:main", "binary pretraining with distillation"),
-    "finetune": ("bipft_jax.train.finetune:main", "GLUE fine-tuning of a (binary) model"),
-    "sweep": ("bipft_jax.train.sweep:main", "GLUE sweep over tasks x presets x lrs x seeds"),
+    "finetune": ("bipft_jax.glue.finetune:main", "GLUE fine-tuning of a (binary) model"),
+    "sweep": ("bipft_jax.glue.sweep:main", "GLUE sweep over tasks x presets x lrs x seeds"),
     "export": ("bipft_jax.export.cli:main", "export to Hugging Face / PyTorch / packed 1-bit"),
     "convert": ("bipft_jax.convert:main", "import a BiPFT / BiT / BiBERT PyTorch checkpoint"),
-    "study": ("bipft_jax.train.study:main", "the GLUE study of the three papers (resumable)"),
+    "study": ("bipft_jax.glue.study:main", "the GLUE study of the three papers (resumable)"),
 }
 
 

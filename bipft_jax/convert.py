@@ -75,8 +75,7 @@ def read_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
 
 def model_overrides(kind: str, state: dict, hf_config: dict, sets: dict[str, Any]) -> dict:
     """`get_model_config(kind, "base", **overrides)` keys that describe this checkpoint."""
-    from bipft_jax.model.presets import get_model_config
-    from bipft_jax.train.glue_init import act_bits_overrides
+    from bipft_jax.model.presets import act_bits_overrides, get_model_config
 
     base = get_model_config(kind, "base")
     found: dict[str, Any] = {k: hf_config[h] for k, h in _HF_KEYS.items() if h in hf_config}
@@ -114,11 +113,11 @@ def convert(kind: str, path: str | Path, out: str | Path, sets: dict | None = No
     import jax.numpy as jnp
     from flax import traverse_util
 
+    from bipft_jax.checkpoint import CheckpointManager
+    from bipft_jax.checkpoint.model_card import write_model_card
     from bipft_jax.model.params import build_model
     from bipft_jax.model.presets import get_model_config
     from bipft_jax.model.reference_import import import_reference
-    from bipft_jax.train.checkpoint import CheckpointManager
-    from bipft_jax.train.model_card import write_model_card
 
     if kind not in REFERENCES:
         raise ConvertError(f"--from {kind!r}: choose one of {REFERENCES}")

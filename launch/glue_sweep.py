@@ -1,4 +1,4 @@
-"""GLUE sweep driver, the same as `bipft sweep` (see `bipft_jax/train/sweep.py`).
+"""GLUE sweep driver, the same as `bipft sweep` (see `bipft_jax/glue/sweep.py`).
 
     python launch/glue_sweep.py --config configs/glue/sweep_example.py --workdir DIR \
         [--emit-commands | --aggregate-only] [--config.key=value ...]

@@ -32,8 +32,8 @@ def mask_batch(
     is_continuation: np.ndarray | None = None,
     mask_prob: float = 0.15,
     max_predictions: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mask `ids` [B, L] -> (masked ids, mlm_labels int32, mlm_weights float32).
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mask `ids` [B, L] -> (masked ids, mlm_labels int32: the original id where predicted).
 
     Candidates are attended positions other than [CLS]/[SEP]. Per row, the k candidates with the
     smallest `u_select` are predicted; with `is_continuation` (whole-word masking) a word's
@@ -74,4 +74,4 @@ def mask_batch(
     out = np.where(chosen & (u_kind < 0.8), mask_id, ids)
     replace = chosen & (u_kind >= 0.8) & (u_kind < 0.9)
     out = np.where(replace, random_ids[random_pick], out).astype(np.int32)
-    return out, labels, chosen.astype(np.float32)
+    return out, labels

@@ -243,7 +243,7 @@ class ExampleBuilder:
             attention[r, :n] = 1
             u_select[r], u_kind[r] = rng.random(L), rng.random(L)
             pick[r] = rng.integers(0, len(v.random_ids), L)
-        masked, labels, weights = mask_batch(
+        masked, labels = mask_batch(
             ids, attention, u_select, u_kind, pick,
             cls_id=v.cls_id, sep_id=v.sep_id, mask_id=v.mask_id, random_ids=v.random_ids,
             is_continuation=v.is_continuation if cfg.whole_word_mask else None,
@@ -251,7 +251,7 @@ class ExampleBuilder:
         )  # fmt: skip
         return {
             "input_ids": masked, "token_type_ids": types, "attention_mask": attention,
-            "mlm_labels": labels, "mlm_weights": weights, "next_sentence_label": nsp,
+            "mlm_labels": labels, "next_sentence_label": nsp,
         }  # fmt: skip
 
     def example(self, step: int, index: int, global_batch_size: int) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ artifact.
     bipft export --format packed --params params.msgpack --preset bibert --size base --out out/p
     bipft export --format stablehlo --hf-dir minilm/ --seq-len 128 --out out/hlo
 
-Sources: `--checkpoint WORKDIR` (an Orbax checkpoint from `bipft_jax.train.checkpoint`; its state
+Sources: `--checkpoint WORKDIR` (an Orbax checkpoint from `bipft_jax.checkpoint`; its state
 holds `params`), `--params FILE` (`.msgpack` from `flax.serialization` or `.safetensors` with
 "/"-joined param paths) or `--hf-dir DIR` (a Hugging Face BERT directory). The model config is
 `--preset/--size` (+ `--set key=value`), or, for `--hf-dir`, its `config.json`.
@@ -93,49 +93,12 @@ def _preset_config(args: argparse.Namespace) -> Any:
     return get_model_config(args.preset, args.size, **parse_overrides(args.set))
 
 
-def _params_from_state(state: Any, where: str) -> Any:
-    if isinstance(state, Mapping) and "params" in state:
-        return state["params"]
-    if hasattr(state, "params"):
-        return state.params
-    raise CliError(f"checkpoint state in {where} has no 'params' entry")
-
-
 def load_checkpoint_params(workdir: str, step: int | None = None) -> Any:
-    """The params of an Orbax checkpoint written by `bipft_jax.train.checkpoint`."""
-    from bipft_jax.train.checkpoint import CheckpointManager
+    """The params of a checkpoint written by `bipft_jax.checkpoint` (only they are read), as
+    numpy arrays, so a checkpoint written on another topology loads in this process."""
+    from bipft_jax.checkpoint import restore_params
 
-    root = Path(workdir)
-    if not (root / "checkpoints").is_dir():
-        raise CliError(f"checkpoint not found: {root / 'checkpoints'} does not exist")
-    manager = CheckpointManager(root, async_save=False, read_only=True)
-    try:
-        steps = manager.all_steps()
-        if not steps or (step is not None and step not in steps):
-            raise CliError(
-                f"no checkpoint {'' if step is None else f'for step {step} '}in "
-                f"{manager.directory}; available steps: {steps}"
-            )
-        if step is None:
-            step = manager.latest_step()  # the newest intact step (steps is not empty)
-        assert step is not None
-        manager.require_intact(step)  # before its metadata is read
-        state, _ = manager.restore(_abstract_on_one_device(manager.directory / str(step)), step)
-    finally:
-        manager.close()
-    return _params_from_state(state, str(root))
-
-
-def _abstract_on_one_device(step_dir: Path) -> Any:
-    """Shapes/dtypes of a saved state on the first local device, so a checkpoint written on
-    another topology (e.g. 8 devices) restores in this process."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    meta = ocp.StandardCheckpointer().metadata(step_dir / "state")
-    tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
-    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree)
+    return restore_params(workdir, step)
 
 
 def load_params_file(path: str) -> Any:

@@ -15,14 +15,23 @@ from bipft_jax.losses.core import (
 from bipft_jax.losses.dmd import dmd_distance, dmd_loss, similarity_matrix
 from bipft_jax.losses.objectives import (
     DEFAULT_PRETRAIN_WEIGHTS,
+    MODEL_INPUT_KEYS,
+    PRETRAIN_TERMS,
+    DataContract,
     bibert_pred_loss,
     bipft_pretrain_loss,
     bit_kd_loss,
+    mlm_targets,
+    pretrain_contract,
+    pretrain_weights,
 )
 
 __all__ = [
     "DEFAULT_PRETRAIN_WEIGHTS",
     "IGNORE_INDEX",
+    "MODEL_INPUT_KEYS",
+    "PRETRAIN_TERMS",
+    "DataContract",
     "attention_kd",
     "bibert_pred_loss",
     "bipft_pretrain_loss",
@@ -34,7 +43,10 @@ __all__ = [
     "hidden_mse",
     "masked_soft_cross_entropy",
     "mlm_loss",
+    "mlm_targets",
     "nsp_loss",
+    "pretrain_contract",
+    "pretrain_weights",
     "regression_loss",
     "similarity_matrix",
     "soft_cross_entropy",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,26 +17,89 @@ from bipft_jax.losses.core import (
     mlm_loss,
     nsp_loss,
     regression_loss,
+    select_masked,
     soft_cross_entropy,
 )
 from bipft_jax.losses.dmd import dmd_loss
 
 Array = jax.Array
 
-# BiPFT (learner.py): NSP soft-CE + (1/13)Σ hidden MSE + MLM CE + NSP CE; no MLM-logit/attn KD.
-DEFAULT_PRETRAIN_WEIGHTS: dict[str, float] = {
-    "mlm": 1.0,
-    "nsp": 1.0,
-    "nsp_kd": 1.0,
-    "hidden": 1.0,
-    "mlm_kd": 0.0,
-    "attn": 0.0,
-    "dmd": 0.0,
-}
-# Batch keys (the reference's pre-masked dataset columns).
-MLM_LABELS_KEY = "labels"
+# Batch keys of the objective: the loader's pre-masked columns (data/pretrain_examples.py).
+MLM_LABELS_KEY = "mlm_labels"  # [B, L]: token id at predicted positions, IGNORE_INDEX elsewhere
 NSP_LABELS_KEY = "next_sentence_label"
 MASK_KEY = "attention_mask"
+# The model's inputs, read by the forward of every step (not by the objective).
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One pretraining term: its default weight and what it reads besides the student."""
+
+    default: float
+    batch_keys: tuple[str, ...] = ()
+    teacher: bool = False
+    intermediates: bool = False  # hidden states, attention scores or Q/K/V
+
+
+# The one table of pretraining terms. Defaults = BiPFT (learner.py): MLM CE + NSP CE + NSP
+# soft-CE + (1/13)Σ hidden MSE; no MLM-logit or attention KD, no DMD.
+PRETRAIN_TERMS: dict[str, Term] = {
+    "mlm": Term(1.0, (MLM_LABELS_KEY,)),
+    "nsp": Term(1.0, (NSP_LABELS_KEY,)),
+    "nsp_kd": Term(1.0, teacher=True),
+    "hidden": Term(1.0, teacher=True, intermediates=True),  # + the mask with mask_hidden
+    "mlm_kd": Term(0.0, (MLM_LABELS_KEY,), teacher=True),
+    "attn": Term(0.0, (MASK_KEY,), teacher=True, intermediates=True),
+    "dmd": Term(0.0, (MASK_KEY,), teacher=True, intermediates=True),  # mask: per example
+}
+DEFAULT_PRETRAIN_WEIGHTS: dict[str, float] = {k: t.default for k, t in PRETRAIN_TERMS.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataContract:
+    """What an objective reads: batch keys (besides the model inputs), teacher outputs, and the
+    intermediate activations (hidden states, attention, Q/K/V) of both models."""
+
+    batch_keys: tuple[str, ...]
+    needs_teacher: bool
+    needs_intermediates: bool
+
+
+def _on(weight: Any) -> bool:
+    """False only for a weight that is a plain number equal to 0 (arrays may be traced)."""
+    return not (isinstance(weight, (int, float)) and weight == 0)
+
+
+def pretrain_weights(weights: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every term's weight: ``weights`` over the defaults; an unknown term raises KeyError."""
+    for key in weights or {}:
+        if key not in PRETRAIN_TERMS:
+            known = sorted(PRETRAIN_TERMS)
+            raise KeyError(f"bipft_pretrain_loss: unknown loss weight {key!r} (known: {known})")
+    return {**DEFAULT_PRETRAIN_WEIGHTS, **(weights or {})}
+
+
+def pretrain_contract(
+    weights: Mapping[str, Any] | None = None, mask_hidden: bool = False
+) -> DataContract:
+    """The ``DataContract`` of ``bipft_pretrain_loss`` with these weights (terms whose weight is
+    the number 0 read nothing)."""
+    on = [PRETRAIN_TERMS[k] for k, w in pretrain_weights(weights).items() if _on(w)]
+    keys = {key for t in on for key in t.batch_keys}
+    if mask_hidden and any(t is PRETRAIN_TERMS["hidden"] for t in on):
+        keys.add(MASK_KEY)
+    return DataContract(
+        batch_keys=tuple(sorted(keys)),
+        needs_teacher=any(t.teacher for t in on),
+        needs_intermediates=any(t.intermediates for t in on),
+    )
+
+
+def mlm_targets(batch: Mapping[str, Array], max_predictions: int) -> tuple[Array, Array]:
+    """``(positions, labels)`` [B, max_predictions] of the MLM head run on the masked positions
+    only (``BertForPreTraining(masked_positions=positions)``; ``select_masked``)."""
+    return select_masked(_require(batch, MLM_LABELS_KEY, "batch"), max_predictions)
 
 
 def bibert_pred_loss(
@@ -98,32 +162,27 @@ def bipft_pretrain_loss(
     temperature: float = 1.0,
     mask_hidden: bool = False,
     dmd_per_example: bool = True,
+    max_predictions: int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """BiPFT pretraining objective; returns (total, parts).
 
     ``total = w_mlm·CE_MLM + w_nsp·CE_NSP + w_nsp_kd·softCE(NSP) + w_hidden·(1/(L+1))Σ MSE(H)
     [+ w_mlm_kd·masked MLM soft-CE + w_attn·attention KD + w_dmd·DMD]``. Missing weights take
     ``DEFAULT_PRETRAIN_WEIGHTS`` (the reference); terms whose weight is the number 0 are not
-    computed, so their outputs need not exist; weights may be (traced) arrays, e.g. scheduled.
-    ``batch`` needs ``labels`` (MLM, -100 ignored) and ``next_sentence_label``;
-    ``attention_mask`` is used by ``mask_hidden``, attention KD and DMD. Attention KD is averaged
+    computed, so their inputs need not exist (``pretrain_contract`` says what is read); weights
+    may be (traced) arrays, e.g. scheduled. ``batch`` holds the loader's ``mlm_labels`` [B, L]
+    (-100 ignored) and ``next_sentence_label``; ``attention_mask`` is used by ``mask_hidden``,
+    attention KD and DMD. ``max_predictions``: the MLM logits are those of the masked positions
+    ``mlm_targets(batch, max_predictions)`` (else of every position). Attention KD is averaged
     over layers here (``attention_kd`` alone sums, as TinyBERT).
     """
-    w: dict[str, Any] = dict(DEFAULT_PRETRAIN_WEIGHTS)
-    for key, value in (weights or {}).items():
-        if key not in DEFAULT_PRETRAIN_WEIGHTS:
-            raise KeyError(
-                f"bipft_pretrain_loss: unknown loss weight {key!r} "
-                f"(known: {sorted(DEFAULT_PRETRAIN_WEIGHTS)})"
-            )
-        w[key] = value
+    w = pretrain_weights(weights)
     mask = batch.get(MASK_KEY)
     parts: dict[str, Array] = {}
     total = jnp.float32(0.0)
 
     def on(name: str) -> bool:
-        """False only for a weight that is a plain number equal to 0 (arrays may be traced)."""
-        return not (isinstance(w[name], (int, float)) and w[name] == 0)
+        return _on(w[name])
 
     def add(name: str, value: Array) -> None:
         nonlocal total
@@ -131,7 +190,10 @@ def bipft_pretrain_loss(
         total = total + w[name] * value
 
     if on("mlm") or on("mlm_kd"):
-        mlm_labels = _require(batch, MLM_LABELS_KEY, "batch")
+        if max_predictions is None:
+            mlm_labels = _require(batch, MLM_LABELS_KEY, "batch")
+        else:
+            _, mlm_labels = mlm_targets(batch, max_predictions)
         s_mlm = _require(student_out, "mlm_logits", "student_out")
     if on("mlm"):
         loss, parts["mlm_acc"] = mlm_loss(s_mlm, mlm_labels)

@@ -111,6 +111,22 @@ def bert_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> BertC
     return BertConfig(**kwargs)
 
 
+# The fields that make two configs' weights interchangeable (what `model.size = "hf"` copies).
+SIZE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+               "max_position", "type_vocab_size", "layer_norm_eps")  # fmt: skip
+
+
+def sizes_of(config: BertConfig) -> dict[str, Any]:
+    """``SIZE_FIELDS`` of a config, as ``get_model_config`` overrides."""
+    return {k: getattr(config, k) for k in SIZE_FIELDS}
+
+
+def hf_sizes(model_dir: str | Path) -> dict[str, Any]:
+    """``sizes_of`` the model in a Hugging Face directory (its ``config.json``)."""
+    hf_config, _ = read_hf_checkpoint(model_dir)
+    return sizes_of(bert_config_from_hf(hf_config))
+
+
 def normalize_hf_state(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Strip the `bert.` prefix, map old `gamma/beta` names, drop tied and buffer keys."""
     out: dict[str, np.ndarray] = {}

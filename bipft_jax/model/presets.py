@@ -116,6 +116,17 @@ def get_model_config(method: str, size: str, **overrides: Any) -> BertConfig:
     return apply_overrides(from_config_dict(get_model_config_dict(method, size)), overrides)
 
 
+_ACT_FIELDS = ("linear_input", "ffn_out_input", "qkv", "probs")
+_POOLER_INPUT = "pooler_quant.input"  # BiT's W1A2 stage: the pooler input is A2 too
+
+
+def act_bits_overrides(bits: int, pooler: bool = True) -> dict[str, int]:
+    """`get_model_config` overrides that put every elastic activation binarizer (and, with
+    `pooler`, the pooler input) at `bits` (a `bit:a2` fine-tuning stage, a W1A4 checkpoint)."""
+    fields = (*_ACT_FIELDS, _POOLER_INPUT) if pooler else _ACT_FIELDS
+    return {f"quant.{field}.bits": bits for field in fields}
+
+
 def apply_overrides(config: BertConfig, overrides: Any) -> BertConfig:
     """`config` with `overrides` applied and validated.
 
@@ -133,6 +144,8 @@ def apply_overrides(config: BertConfig, overrides: Any) -> BertConfig:
     data = to_dict(config)
     for key, value in items.items():
         old = _current(config, key)
+        if value is None and _optional(config, key):  # e.g. padding_idx=None: no padding row
+            old = None
         node = data
         for part in key.split(".")[:-1]:
             node = node[part]
@@ -181,6 +194,16 @@ def _current(config: BertConfig, key: str) -> Any:
     if dataclasses.is_dataclass(node):
         raise ValueError(f"config key {key!r} is a group; set one of its fields")
     return node
+
+
+def _optional(config: BertConfig, key: str) -> bool:
+    """Whether the field ``key`` (dotted, known to exist) is annotated ``... | None``."""
+    *groups, name = key.split(".")
+    node: Any = config
+    for part in groups:
+        node = getattr(node, part)
+    field = next(f for f in dataclasses.fields(node) if f.name == name)
+    return "None" in str(field.type)
 
 
 def _checked(key: str, old: Any, value: Any) -> Any:

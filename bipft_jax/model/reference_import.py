@@ -24,12 +24,12 @@ import numpy as np
 from flax import traverse_util
 
 from bipft_jax.model.hf_import import (
-    STUDENT_ONLY,
     HFImportError,
     hf_name,
     import_hf_weights,
     normalize_hf_state,
 )
+from bipft_jax.model.params import student_only
 
 REFERENCES = ("bipft", "bit", "bibert")
 # (reference name pattern, our Hugging-Face-style name) for α and β.
@@ -104,7 +104,7 @@ def _lacking(variables: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> l
     out = []
     for path in traverse_util.flatten_dict(dict(variables["params"]), keep_empty_nodes=False):
         name, _ = hf_name(path)
-        if STUDENT_ONLY.search("/".join(path)) and name not in have:
+        if student_only(path) and name not in have:
             out.append(reference_names(name))
     return out
 

@@ -1,6 +1,6 @@
 """Binarization numerics: pure `jax.custom_vjp` functions and the Linen blocks built on them."""
 
-from bipft_jax.quant.config import ActQuant, DenseQuant, WeightQuant
+from bipft_jax.quant.config import ActQuant, DenseQuant, WeightQuant, with_numel_multiplier
 from bipft_jax.quant.elastic import ALPHA_MIN, elastic_quantize, init_alpha, levels
 from bipft_jax.quant.layers import (
     CALIBRATION,
@@ -33,4 +33,5 @@ __all__ = [
     "quantize_weight",
     "sign_ste",
     "ste_mask",
+    "with_numel_multiplier",
 ]

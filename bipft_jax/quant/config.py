@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 WEIGHT_METHODS = ("none", "bwn", "bibert")
 ACT_METHODS = ("none", "sign", "bool", "elastic_signed", "elastic_unsigned")
@@ -92,3 +93,20 @@ class DenseQuant:
 
     weight: WeightQuant = WeightQuant()
     input: ActQuant = ActQuant()
+
+
+def with_numel_multiplier(config: Any, k: int) -> Any:
+    """A copy of a frozen config dataclass (``BertConfig``, ``QuantSpec``, ...) with every
+    ``ActQuant.numel_multiplier`` set to ``k`` (the gradient-accumulation steps, so elastic α
+    gradients are scaled as for the full batch), recursing through nested dataclasses."""
+    if isinstance(config, ActQuant):
+        return dataclasses.replace(config, numel_multiplier=k)
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return config
+    changes = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        new = with_numel_multiplier(value, k)
+        if new is not value:
+            changes[f.name] = new
+    return dataclasses.replace(config, **changes) if changes else config

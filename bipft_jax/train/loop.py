@@ -169,9 +169,9 @@ def make_train_step(
     With ``grad_accum_steps = k > 1`` the batch's leading dimension is split into ``k``
     micro-batches; gradients and metrics are the means over them, so with per-example-mean losses
     one step on ``k × (B/k)`` equals one step on ``B`` (elastic quantizers need
-    ``numel_multiplier = k``, see ``with_numel_multiplier``). Metrics add ``loss``, ``grad_norm``,
-    ``nonfinite`` (1.0 when the update was skipped, see the module docstring) and (given
-    ``lr_fn``) ``lr``.
+    ``numel_multiplier = k``, see ``quant.with_numel_multiplier``). Metrics add ``loss``,
+    ``grad_norm``, ``nonfinite`` (1.0 when the update was skipped, see the module docstring) and
+    (given ``lr_fn``) ``lr``.
     """
     if grad_accum_steps < 1:
         raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
@@ -266,27 +266,6 @@ def jit_step(
     return call
 
 
-# ----------------------------------------------------------------------------- quantizer helper
-
-
-def with_numel_multiplier(config: Any, k: int) -> Any:
-    """A copy of a frozen (Bert/Quant) config dataclass with every ``ActQuant.numel_multiplier``
-    set to ``k`` (the gradient-accumulation steps), recursing through nested dataclasses."""
-    from bipft_jax.quant import ActQuant
-
-    if isinstance(config, ActQuant):
-        return dataclasses.replace(config, numel_multiplier=k)
-    if not dataclasses.is_dataclass(config) or isinstance(config, type):
-        return config
-    changes = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        new = with_numel_multiplier(value, k)
-        if new is not value:
-            changes[f.name] = new
-    return dataclasses.replace(config, **changes) if changes else config
-
-
 # ----------------------------------------------------------------------------- loop
 
 
@@ -365,7 +344,7 @@ def run_loop(
     """Run ``train_step`` from ``start_step`` to ``total_steps``; returns ``(state, status)``.
 
     ``status`` is ``"done"`` or ``"preempted"`` (SIGTERM / preemption service: a checkpoint at
-    the current step was written). ``checkpoint`` is a ``bipft_jax.train.checkpoint
+    the current step was written). ``checkpoint`` is a ``bipft_jax.checkpoint
     .CheckpointManager``; it saves on its cadence and at the last step. ``batches`` yields global
     (sharded) batches. ``on_log`` gets the logged step's metrics (plus ``skipped_nonfinite``,
     the count of skipped steps so far) and the mean step time since the previous log. After
@@ -419,5 +398,4 @@ __all__ = [
     "step_rng",
     "to_host",
     "train_state_shardings",
-    "with_numel_multiplier",
 ]

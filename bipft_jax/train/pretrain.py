@@ -21,11 +21,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import traverse_util
 
 from bipft_jax import paths
-from bipft_jax.losses import bipft_pretrain_loss
-from bipft_jax.losses.core import select_masked
+from bipft_jax.checkpoint import (
+    CheckpointManager,
+    install_sigterm_handler,
+    restore_params,
+    restore_state,
+    transfer_params,
+)
+from bipft_jax.checkpoint.model_card import write_model_card
+from bipft_jax.losses import (
+    DEFAULT_PRETRAIN_WEIGHTS,
+    bipft_pretrain_loss,
+    mlm_targets,
+    pretrain_contract,
+)
 from bipft_jax.parallel import (
     get_rules,
     make_mesh,
@@ -33,8 +44,8 @@ from bipft_jax.parallel import (
     state_shardings,
 )
 from bipft_jax.parallel.distributed import add_distributed_args, maybe_initialize_distributed
+from bipft_jax.quant import with_numel_multiplier
 from bipft_jax.train import config_io
-from bipft_jax.train.checkpoint import CheckpointManager, install_sigterm_handler
 from bipft_jax.train.loop import (
     LoopHooks,
     TrainState,
@@ -45,9 +56,7 @@ from bipft_jax.train.loop import (
     make_train_step,
     run_loop,
     train_state_shardings,
-    with_numel_multiplier,
 )
-from bipft_jax.train.model_card import write_model_card
 from bipft_jax.train.optim import lr_schedule, make_optimizer
 from bipft_jax.train.pretrain_eval import (
     format_summary,
@@ -58,7 +67,6 @@ from bipft_jax.train.pretrain_eval import (
 )
 
 TEACHER_SOURCES = ("random", "hf", "checkpoint")
-_KD_TERMS = ("nsp_kd", "hidden", "mlm_kd", "attn", "dmd")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -76,10 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
         mask_prob=0.15, max_predictions=0, max_docs=0, eval_fraction=0.02, eval_batches=8,
         num_workers=0,
     )  # fmt: skip
-    c.loss = dict(
-        mlm=1.0, nsp=1.0, nsp_kd=1.0, hidden=1.0, mlm_kd=0.0, attn=0.0, dmd=0.0,
-        temperature=1.0, mask_hidden=False,
-    )  # fmt: skip
+    c.loss = dict(**DEFAULT_PRETRAIN_WEIGHTS, temperature=1.0, mask_hidden=False)
     c.optim = dict(
         name="adamw", lr=2e-4, alpha_lr=0.0, weight_decay=0.01, schedule="linear",
         warmup_steps=0, end_lr=0.0, clip_norm=1.0, schedule_steps_per_update=1,
@@ -111,9 +116,9 @@ def _student_config(c: ml_collections.ConfigDict, vocab_size: int):
     m = c.model
     size, sizes = m.size, {}
     if size == "hf":  # the teacher's sizes (a Hugging Face directory)
-        from bipft_jax.train.glue_init import hf_sizes
+        from bipft_jax.model.hf_import import hf_sizes
 
-        size, sizes = "base", hf_sizes(paths.resolve_model_dir(c.teacher.path))
+        size, sizes = "base", hf_sizes(_teacher_dir(c.teacher.path))
         vocab_size = sizes.pop("vocab_size")
     cfg = get_model_config(
         m.method, size, vocab_size=vocab_size, dtype=m.dtype, remat=m.remat,
@@ -122,6 +127,13 @@ def _student_config(c: ml_collections.ConfigDict, vocab_size: int):
     )  # fmt: skip
     cfg = apply_overrides(cfg, m.overrides)  # "quant.estimators.rank=2", ... (BertConfig fields)
     return with_numel_multiplier(cfg, c.train.grad_accum_steps)
+
+
+def _teacher_dir(path: str) -> str:
+    try:
+        return paths.resolve_model_dir(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"config teacher.path: {e}") from None
 
 
 def _check_fits(student, teacher) -> None:
@@ -152,7 +164,7 @@ def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any
     if t.source == "hf":
         from bipft_jax.model.hf_import import bert_config_from_hf, read_hf_checkpoint
 
-        hf_config, hf_state = read_hf_checkpoint(paths.resolve_model_dir(t.path))
+        hf_config, hf_state = read_hf_checkpoint(_teacher_dir(t.path))
         has_heads = any(k.startswith("cls.") for k in hf_state)
         head_terms = [k for k in ("mlm_kd", "nsp_kd") if c.loss[k]]
         if not has_heads and head_terms:
@@ -186,42 +198,22 @@ def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any
 
 
 def _restore_teacher_checkpoint(path: str, params, shardings):
-    """Student params of a finished FP `bipft pretrain` run (its workdir) as the teacher."""
+    """Student params of a finished FP `bipft pretrain` run (its workdir) as the teacher: read
+    straight onto the teacher's shardings; they must be exactly the FP model's params."""
     if not (Path(path) / "checkpoints").is_dir():
         raise FileNotFoundError(f"config teacher.path: no checkpoints/ in workdir {path!r}")
-    mngr = CheckpointManager(path, save_every=1, async_save=False, read_only=True)
-    try:
-        restored, _ = mngr.restore(None)
-    finally:
-        mngr.close()
-    flat_t = traverse_util.flatten_dict(restored["params"])
-    flat = traverse_util.flatten_dict(params)
-    missing = [("/".join(k)) for k in flat if k not in flat_t]
-    if missing:
-        raise ValueError(f"teacher checkpoint {path} lacks FP params: {missing[:5]}")
-    new = traverse_util.unflatten_dict({k: np.asarray(flat_t[k]) for k in flat})
-    return jax.device_put(new, shardings)
+    like = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        params, shardings)  # fmt: skip
+    return restore_params(path, like=like)
 
 
-def copy_matching(student_boxed, teacher_params, skip: tuple[str, ...] = ()):
-    """Student params with every leaf that the teacher has copied over (top-level subtrees in
-    ``skip`` keep the student's init). A leaf present on both sides with different shapes is an
-    error, never silently skipped."""
-    flat_s = traverse_util.flatten_dict(student_boxed)
-    flat_t = traverse_util.flatten_dict(teacher_params)
-    out, bad = {}, []
-    for path, leaf in flat_s.items():
-        t = None if path[0] in skip else flat_t.get(path)
-        value = nn.unbox(leaf)
-        if t is not None and t.shape != value.shape:
-            bad.append(f"{'/'.join(path)}: teacher {t.shape} vs student {value.shape}")
-        elif t is not None:
-            t = t.astype(value.dtype)
-            leaf = leaf.replace_boxed(t) if isinstance(leaf, nn.Partitioned) else t
-        out[path] = leaf
-    if bad:
-        raise ValueError("teacher and student parameters differ in shape: " + "; ".join(bad[:5]))
-    return traverse_util.unflatten_dict(out)
+def init_from_teacher(student_boxed, teacher_params, skip: tuple[str, ...] = ()):
+    """Student params with every leaf that the teacher has copied over (`transfer_params`; the
+    subtrees in ``skip`` keep the student's init). A leaf on both sides with different shapes
+    is an error, never silently skipped."""
+    out, _ = transfer_params(student_boxed, teacher_params, what="the teacher", skip=skip,
+                             names=("student", "teacher"))  # fmt: skip
+    return out
 
 
 # ----------------------------------------------------------------------------- losses
@@ -238,25 +230,25 @@ def _forward(model, params, b, rng, train: bool, intermediates: bool, positions=
 def make_pretrain_loss(c, student, teacher):
     """``loss_fn(params, batch, rng, teacher_params)`` of the BiPFT objective (config weights).
 
-    The MLM head (and MLM-KD) runs on the masked positions only: ``max_predictions`` gathered
-    rows per example, as original BERT; the loss equals the all-positions one."""
-    weights = {k: c.loss[k] for k in ("mlm", "nsp", *_KD_TERMS)}
-    use_teacher = any(weights[k] for k in _KD_TERMS)
-    inter = any(weights[k] for k in ("hidden", "attn", "dmd"))
-    n_pred = max_predictions(c)
+    The objective's ``pretrain_contract`` decides whether the teacher runs and whether both
+    models return their intermediates. The MLM head (and MLM-KD) runs on the masked positions
+    only: ``max_predictions`` gathered rows per example, as original BERT; the loss equals the
+    all-positions one."""
+    weights = {k: c.loss[k] for k in DEFAULT_PRETRAIN_WEIGHTS}
+    contract = pretrain_contract(weights, c.loss.mask_hidden)
+    inter, n_pred = contract.needs_intermediates, max_predictions(c)
 
     def loss_fn(params, batch, rng, teacher_params):
-        positions, labels = select_masked(batch["mlm_labels"], n_pred)
-        b = {**batch, "labels": labels}
+        positions, _ = mlm_targets(batch, n_pred)
         s_rng, t_rng = jax.random.split(rng)
-        s_out = _forward(student, params, b, s_rng, True, inter, positions)
+        s_out = _forward(student, params, batch, s_rng, True, inter, positions)
         t_out = {}
-        if use_teacher:
-            t_out = _forward(teacher, teacher_params, b, t_rng, c.teacher.dropout, inter,
+        if contract.needs_teacher:
+            t_out = _forward(teacher, teacher_params, batch, t_rng, c.teacher.dropout, inter,
                              positions)  # fmt: skip
             t_out = jax.lax.stop_gradient(t_out)
-        total, parts = bipft_pretrain_loss(s_out, t_out, b, weights, c.loss.temperature,
-                                           c.loss.mask_hidden)  # fmt: skip
+        total, parts = bipft_pretrain_loss(s_out, t_out, batch, weights, c.loss.temperature,
+                                           c.loss.mask_hidden, max_predictions=n_pred)  # fmt: skip
         parts.pop("total")
         return total, {(k if k.endswith("_acc") else f"loss_{k}"): v for k, v in parts.items()}
 
@@ -323,7 +315,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
         boxed = student.init(rng, cb["input_ids"][:1])["params"]
         if not c.init.from_teacher:
             return boxed
-        boxed = copy_matching(boxed, teacher_params, skip=() if t_heads else HEADS)
+        boxed = init_from_teacher(boxed, teacher_params, skip=() if t_heads else HEADS)
         if c.init.calibrate:
             from bipft_jax.quant import calibrate_alphas
 
@@ -346,7 +338,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
                 lambda *a: TrainState(jnp.zeros((), jnp.int32), nn.meta.unbox(init_params(*a)),
                                       tx.init(nn.meta.unbox(init_params(*a)))), *init_args
             )  # fmt: skip
-        state, extra = ckpt.restore(abstract_state(sh, shapes))
+        state, extra = restore_state(ckpt, abstract_state(sh, shapes))
         loader.restore(extra["loader"])
         if main_proc:
             print(f"resumed from step {start} ({ckpt.directory})", flush=True)

@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bipft_jax.losses import mlm_loss
-from bipft_jax.losses.core import select_masked
+from bipft_jax.losses import mlm_loss, mlm_targets
 
 SUMMARY = "summary.json"
 
@@ -48,7 +47,7 @@ def make_pretrain_eval(
     per-layer hidden agreement with the teacher (deterministic forwards)."""
 
     def metric_fn(params, batch, teacher_params):
-        positions, labels = select_masked(batch["mlm_labels"], max_predictions)
+        positions, labels = mlm_targets(batch, max_predictions)
         args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         s = student.apply({"params": params}, *args, return_intermediates=True,
                           masked_positions=positions)  # fmt: skip

@@ -1,6 +1,6 @@
 """BiBERT: FP teacher (stage 0) then BiBERT student with DMD + prediction KD (+0.5 CE)."""
 
-from bipft_jax.train.glue_recipes import finetune_config
+from bipft_jax.glue.recipes import finetune_config
 
 
 def get_config(arg=None):

@@ -8,7 +8,7 @@ with DMD + soft-CE + 0.5·CE; dropout follows the reference's train/eval quirk:
         --config.init.path=/models/dynabert/QNLI --config.kd.teacher_path=/models/dynabert/QNLI
 """
 
-from bipft_jax.train.glue_recipes import finetune_config
+from bipft_jax.glue.recipes import finetune_config
 
 
 def get_config(arg=None):

@@ -1,6 +1,6 @@
 """BiPFT fine-tuning (no distillation): AdamW, constant lr 2e-5, len 128, bs 32; arg = task."""
 
-from bipft_jax.train.glue_recipes import finetune_config
+from bipft_jax.glue.recipes import finetune_config
 
 
 def get_config(arg=None):

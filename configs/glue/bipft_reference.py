@@ -8,7 +8,7 @@ pretrained α kept (`binary_finetune/run.sh`, `run_glue_no_trainer_bnn_dist_dire
         --config.init.path=/tmp/bipft_b
 """
 
-from bipft_jax.train.glue_recipes import finetune_config
+from bipft_jax.glue.recipes import finetune_config
 
 
 def get_config(arg=None):

@@ -1,6 +1,6 @@
 """BiT: FP teacher (stage 0) then W1A1 BiT student with soft-CE + hidden-MSE KD, BertAdam."""
 
-from bipft_jax.train.glue_recipes import finetune_config
+from bipft_jax.glue.recipes import finetune_config
 
 
 def get_config(arg=None):

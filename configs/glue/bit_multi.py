@@ -1,6 +1,6 @@
 """BiT multi-distillation FP -> W1A2 -> W1A1 (each stage distilled from the previous one)."""
 
-from bipft_jax.train.glue_recipes import finetune_config
+from bipft_jax.glue.recipes import finetune_config
 
 
 def get_config(arg=None):

@@ -8,7 +8,7 @@ textattack/bert-base-uncased-<TASK>, `scripts/run_glue.sh:10-11`), run in train 
         --config.init.path=/models/bert-base-uncased-RTE --config.kd.teacher_path=/models/bert-base-uncased-RTE
 """
 
-from bipft_jax.train.glue_recipes import finetune_config
+from bipft_jax.glue.recipes import finetune_config
 
 
 def get_config(arg=None):

@@ -22,7 +22,7 @@ Rows:
 
 import ml_collections
 
-from bipft_jax.train.glue_recipes import finetune_config
+from bipft_jax.glue.recipes import finetune_config
 
 ROWS = ("fp", "bibert", "bit", "bipft_a", "bipft_b", "bipft_b0")
 _CHAIN = {"fp": ("fp", "none"), "bibert": ("bibert", "bibert"), "bit": ("bit", "bit"),

@@ -1,6 +1,6 @@
 """Sweep example: BiPFT vs BiT (FP teacher -> W1A1) on SST-2 and RTE, 2 lrs × 3 seeds."""
 
-from bipft_jax.train.glue_recipes import finetune_config
+from bipft_jax.glue.recipes import finetune_config
 
 
 def get_config(arg=None):

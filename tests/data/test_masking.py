@@ -57,7 +57,7 @@ def test_mask_batch_matches_reference(wwm, cap):
         att[r, :n] = 1
     u_sel, u_kind = rng.random((B, L)), rng.random((B, L))
     pick = rng.integers(0, len(RANDOM_IDS), (B, L))
-    out, labels, weights = mask_batch(
+    out, labels = mask_batch(
         ids, att, u_sel, u_kind, pick, cls_id=CLS, sep_id=SEP, mask_id=MASK,
         random_ids=RANDOM_IDS, is_continuation=IS_CONT if wwm else None, mask_prob=0.3,
         max_predictions=cap,
@@ -67,13 +67,12 @@ def test_mask_batch_matches_reference(wwm, cap):
                                                wwm, 0.3, cap)  # fmt: skip
         np.testing.assert_array_equal(out[r], want_out, err_msg=f"row {r}")
         np.testing.assert_array_equal(labels[r], want_labels, err_msg=f"row {r}")
-    np.testing.assert_array_equal(weights, labels != IGNORE)
-    assert out.dtype == labels.dtype == np.int32 and weights.dtype == np.float32
+    assert out.dtype == labels.dtype == np.int32
 
 
 def test_no_masking_when_prob_zero():
     ids = np.array([[CLS, 7, 8, SEP, 9, SEP]])
-    out, labels, _ = mask_batch(
+    out, labels = mask_batch(
         ids, np.ones_like(ids), np.zeros((1, 6)), np.zeros((1, 6)), np.zeros((1, 6), int),
         cls_id=CLS, sep_id=SEP, mask_id=MASK, random_ids=RANDOM_IDS, mask_prob=0.0,
     )  # fmt: skip

@@ -9,6 +9,7 @@ from bipft_jax.data import prepare as P
 from bipft_jax.data.loader import PretrainLoader, split_documents
 from bipft_jax.data.pretrain_examples import IGNORE
 from bipft_jax.data.tokenizer import BertTokenizer
+from bipft_jax.losses import MODEL_INPUT_KEYS, PRETRAIN_TERMS
 
 SEQ = 64
 
@@ -39,7 +40,10 @@ def big_batch(prepared):
 def test_batch_layout(big_batch, tok):
     b = big_batch
     assert b["input_ids"].shape == (2048, SEQ) and b["input_ids"].dtype == np.int32
-    assert b["mlm_weights"].dtype == np.float32 and b["next_sentence_label"].shape == (2048,)
+    # No unread fields: exactly the model inputs and what the objective's terms may read.
+    read = {key for term in PRETRAIN_TERMS.values() for key in term.batch_keys}
+    assert set(b) == set(MODEL_INPUT_KEYS) | read
+    assert b["mlm_labels"].dtype == np.int32 and b["next_sentence_label"].shape == (2048,)
     for i in range(0, 2048, 97):
         n = int(b["attention_mask"][i].sum())
         assert (b["attention_mask"][i, :n] == 1).all() and (
@@ -56,7 +60,6 @@ def test_batch_layout(big_batch, tok):
 def test_masking_statistics(big_batch, tok):
     b = big_batch
     masked = b["mlm_labels"] != IGNORE
-    assert (b["mlm_weights"] == masked).all()
     special = np.isin(np.where(masked, b["mlm_labels"], b["input_ids"]), [tok.cls_id, tok.sep_id])
     maskable = (b["attention_mask"] == 1) & ~special
     assert not (masked & ~maskable).any()  # specials and padding never masked

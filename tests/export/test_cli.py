@@ -60,7 +60,7 @@ def test_params_file_to_binary(tmp_path):
 
 
 def test_checkpoint_to_hf_then_hf_dir_to_stablehlo(tmp_path):
-    from bipft_jax.train.checkpoint import CheckpointManager
+    from bipft_jax.checkpoint import CheckpointManager
 
     config = tiny_config("fp")
     model, params = init_params(config, "classification")

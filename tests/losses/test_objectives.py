@@ -36,7 +36,7 @@ def _batch(rng):
     mask = np.ones((B, L), np.int32)
     mask[1, 4:] = 0
     return {
-        "labels": labels,
+        "mlm_labels": labels,
         "next_sentence_label": rng.integers(0, 2, B),
         "attention_mask": mask,
     }
@@ -76,7 +76,7 @@ def test_bit_kd_loss_classification_and_regression(rng):
 def test_bipft_pretrain_loss_reference_weights(rng):
     so, to, batch = _outputs(rng), _outputs(rng), _batch(rng)
     total, parts = losses.bipft_pretrain_loss(so, to, batch)
-    mlm, _ = ref.ce_ignore(so["mlm_logits"], batch["labels"])
+    mlm, _ = ref.ce_ignore(so["mlm_logits"], batch["mlm_labels"])
     nsp, _ = ref.ce_ignore(so["nsp_logits"], batch["next_sentence_label"])
     kd = ref.soft_ce(so["nsp_logits"], to["nsp_logits"])
     hid = np.mean(
@@ -106,7 +106,7 @@ def test_bipft_pretrain_loss_all_terms_weighted(rng):
     mask = batch["attention_mask"].astype(np.float64)
     pair = mask[:, None, :, None] * mask[:, None, None, :]
     want = {
-        "mlm": ref.ce_ignore(so["mlm_logits"], batch["labels"])[0],
+        "mlm": ref.ce_ignore(so["mlm_logits"], batch["mlm_labels"])[0],
         "nsp": ref.ce_ignore(so["nsp_logits"], batch["next_sentence_label"])[0],
         "nsp_kd": ref.soft_ce(so["nsp_logits"], to["nsp_logits"], 2.0),
         "hidden": np.mean(
@@ -116,7 +116,7 @@ def test_bipft_pretrain_loss_all_terms_weighted(rng):
             ]
         ),
         "mlm_kd": ref.masked_soft_ce_sum_vocab(
-            so["mlm_logits"], to["mlm_logits"], batch["labels"], 2.0
+            so["mlm_logits"], to["mlm_logits"], batch["mlm_labels"], 2.0
         ),
         "attn": np.mean(
             [
@@ -143,7 +143,7 @@ def test_bipft_pretrain_loss_errors_and_skipped_terms(rng):
     with pytest.raises(KeyError, match="unknown loss weight 'mlmkd'"):
         losses.bipft_pretrain_loss(so, to, batch, {"mlmkd": 1.0})
     with pytest.raises(KeyError, match="batch has no 'next_sentence_label'"):
-        losses.bipft_pretrain_loss(so, to, {"labels": batch["labels"]})
+        losses.bipft_pretrain_loss(so, to, {"mlm_labels": batch["mlm_labels"]})
     bare_teacher = {"nsp_logits": to["nsp_logits"], "hidden_states": to["hidden_states"]}
     with pytest.raises(KeyError, match="teacher_out has no 'q'"):
         losses.bipft_pretrain_loss(so, bare_teacher, batch, {"dmd": 1.0})
@@ -188,3 +188,52 @@ def test_bipft_pretrain_loss_accepts_traced_weights(rng):
         f(0.5, 2.0), base + 0.5 * parts["hidden"] + 2.0 * parts["attn"], rtol=1e-5
     )
     np.testing.assert_allclose(f(0.0, 0.0), base, rtol=1e-5)
+
+
+def test_pretrain_contract_follows_the_weights():
+    c = losses.pretrain_contract()  # the reference: MLM, NSP, NSP-KD, hidden MSE
+    assert c.batch_keys == ("mlm_labels", "next_sentence_label")
+    assert c.needs_teacher and c.needs_intermediates
+    c = losses.pretrain_contract({"nsp_kd": 0, "hidden": 0.0})
+    assert not c.needs_teacher and not c.needs_intermediates
+    c = losses.pretrain_contract({"nsp": 0, "nsp_kd": 0, "hidden": 0, "mlm_kd": 0.5})
+    assert c == losses.DataContract(("mlm_labels",), True, False)
+    assert "attention_mask" in losses.pretrain_contract(mask_hidden=True).batch_keys
+    traced = losses.pretrain_contract({k: jnp.float32(0) for k in losses.PRETRAIN_TERMS})
+    assert traced.needs_teacher and traced.needs_intermediates  # arrays may be scheduled
+    assert {
+        k: t.default for k, t in losses.PRETRAIN_TERMS.items()
+    } == losses.DEFAULT_PRETRAIN_WEIGHTS
+    with pytest.raises(KeyError, match="unknown loss weight 'mlmkd'"):
+        losses.pretrain_contract({"mlmkd": 1.0})
+
+
+@pytest.mark.parametrize("term", sorted(losses.PRETRAIN_TERMS))
+def test_each_term_reads_only_what_its_contract_declares(rng, term):
+    """Given only the declared batch keys, a teacher only if needed and intermediates only if
+    needed, every term alone computes (so the trainer can trust the contract)."""
+    weights = {k: (1.0 if k == term else 0.0) for k in losses.PRETRAIN_TERMS}
+    c = losses.pretrain_contract(weights)
+    full = _batch(rng)
+    batch = {k: full[k] for k in c.batch_keys}
+    heads = ("mlm_logits", "nsp_logits")
+    so, to = _outputs(rng), _outputs(rng)
+    if not c.needs_intermediates:
+        so, to = ({k: o[k] for k in heads} for o in (so, to))
+    total, parts = losses.bipft_pretrain_loss(so, to if c.needs_teacher else {}, batch, weights)
+    assert term in parts and np.isfinite(float(total))
+
+
+def test_mlm_on_gathered_positions_equals_all_positions(rng):
+    so, to, batch = _outputs(rng), _outputs(rng), _batch(rng)
+    batch["mlm_labels"][:, 5:] = -100  # at most 5 predictions per row
+    n = 5
+    positions, labels = losses.mlm_targets(batch, n)
+    gather = lambda x: np.take_along_axis(x, np.asarray(positions)[..., None], 1)  # noqa: E731
+    w = {"mlm": 1.0, "mlm_kd": 1.0}
+    full, _ = losses.bipft_pretrain_loss(so, to, batch, w)
+    so_g = {**so, "mlm_logits": gather(so["mlm_logits"])}
+    to_g = {**to, "mlm_logits": gather(to["mlm_logits"])}
+    got, _ = losses.bipft_pretrain_loss(so_g, to_g, batch, w, max_predictions=n)
+    np.testing.assert_allclose(got, full, rtol=1e-5)
+    assert labels.shape == (B, n)

@@ -27,7 +27,7 @@ def test_pretrain_loss_and_step_on_tiny_bipft_model():
     labels = np.full((2, 8), -100)
     labels[0, 2], labels[1, 1] = 7, 9
     batch = {
-        "labels": jnp.asarray(labels),
+        "mlm_labels": jnp.asarray(labels),
         "next_sentence_label": jnp.array([0, 1]),
         "attention_mask": mask,
     }

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bipft_jax.checkpoint import restore_params
+from bipft_jax.checkpoint.model_card import read_model_card
 from bipft_jax.convert import convert, main
 from bipft_jax.model.params import build_model
 from bipft_jax.model.reference_import import REFERENCES, ReferenceImportError
-from bipft_jax.train.glue_init import restore_params
-from bipft_jax.train.model_card import read_model_card
 from tests.model.reference_ckpt import SIZES, reference_forward, reference_state
 
 torch = pytest.importorskip("torch")
@@ -122,8 +122,8 @@ def test_wrong_reference_is_rejected(tmp_path):
 def test_cli_then_export_and_finetune_init(tmp_path, capsys):
     from bipft_jax.export.cli import main as export_main
     from bipft_jax.export.torch_bert import load
+    from bipft_jax.glue.init import load_initial_params
     from bipft_jax.model.bert import BertForSequenceClassification
-    from bipft_jax.train.glue_init import load_initial_params
 
     state = reference_state("bipft", seed=6)
     src = _write(tmp_path / "ref", state, _hf_config("bipft"))

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         "sum": np.asarray(total.addressable_data(0)).tolist(),
         "psum": np.asarray(psum.addressable_data(0)).tolist(),
     }
-    from bipft_jax.train.checkpoint import install_sigterm_handler
+    from bipft_jax.checkpoint import install_sigterm_handler
 
     out["sigterm_handler_installed"] = install_sigterm_handler()
     if a.ckpt_dir:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
 def _checkpoint_roundtrip(directory: str, x: jax.Array) -> float:
     """All processes save the 4-way row-sharded array, then restore it onto a 2x2 mesh
     (rows split 2-way over ``data``, replicated over ``tensor``): a cross-process reshard."""
-    from bipft_jax.train.checkpoint import CheckpointManager
+    from bipft_jax.checkpoint import CheckpointManager
 
     with CheckpointManager(directory, save_every=1, async_save=True) as m:
         m.save(3, {"x": x}, extra={"pos": 17})

@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bipft_jax.train.checkpoint import CheckpointManager
+from bipft_jax.checkpoint import CheckpointManager
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = [

@@ -9,12 +9,12 @@ import pytest
 
 from bipft_jax.losses import mlm_loss, nsp_loss
 from bipft_jax.parallel import get_rules, make_mesh, shard_host_batch
+from bipft_jax.quant import with_numel_multiplier
 from bipft_jax.train.loop import (
     init_train_state,
     jit_step,
     make_train_step,
     step_rng,
-    with_numel_multiplier,
 )
 from bipft_jax.train.optim import make_optimizer
 from tests.train.tiny import random_batch, tiny_model

@@ -10,8 +10,8 @@ from bipft_jax.train.loop import init_train_state, jit_step, make_train_step
 from bipft_jax.train.optim import make_optimizer
 from bipft_jax.train.pretrain import (
     build_teacher,
-    copy_matching,
     default_config,
+    init_from_teacher,
     make_pretrain_loss,
 )
 from tests.train.tiny import random_batch, tiny_model
@@ -36,7 +36,7 @@ def _losses(method: str, mesh_name: str) -> list[float]:
     teacher, t_params, t_sh, _ = build_teacher(c, student.config, mesh, rules, ids)
 
     def init(rng, tp):
-        return copy_matching(student.init(rng, ids)["params"], tp)
+        return init_from_teacher(student.init(rng, ids)["params"], tp)
 
     tx = make_optimizer({"lr": 1e-3, "schedule": "constant", "clip_norm": 1.0})
     state, sh = init_train_state(init, tx, mesh, rules, jax.random.PRNGKey(0), t_params)

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from bipft_jax.train.checkpoint import CheckpointManager, NonFiniteStateError
+from bipft_jax.checkpoint import CheckpointManager, NonFiniteStateError
 from bipft_jax.train.loop import (
     LoopHooks,
     NonFiniteLossError,

@@ -53,7 +53,7 @@ def keep_signals():
         (["--config.data.prepared_dir=/nonexistent/prep"], "data.prepared_dir"),
         (["--config.model.method=bipfft"], "unknown method preset 'bipfft'"),
         (["--config.teacher.source=hf", "--config.teacher.path=/nonexistent/bert"],
-         "teacher.path: HF model directory '/nonexistent/bert' not found"),
+         "teacher.path: Hugging Face model directory '/nonexistent/bert' not found"),
         (["--config.sharding=zero"], "unknown sharding preset 'zero'"),
     ],
 )  # fmt: skip

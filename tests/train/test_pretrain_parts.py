@@ -6,41 +6,28 @@ import numpy as np
 import pytest
 
 from bipft_jax.model.presets import get_model_config
-from bipft_jax.quant import ActQuant
+from bipft_jax.quant import ActQuant, with_numel_multiplier
 from bipft_jax.train import config_io
-from bipft_jax.train.loop import with_numel_multiplier
-from bipft_jax.train.pretrain import copy_matching
+from bipft_jax.train.pretrain import init_from_teacher
 from tests.train.cli_runs import REPO
 
 
-def test_copy_matching_copies_shared_leaves_and_keeps_student_only():
-    rng = np.random.default_rng(0)
+def test_init_from_teacher_follows_the_transfer_policy():
+    """Shared leaves copied (boxes kept), student-only and skipped leaves kept, a shape mismatch
+    raised (the policy itself: tests/checkpoint/test_transfer.py)."""
     student = {
         "a": {"kernel": nn.Partitioned(np.zeros((3, 4), np.float32), ("embed", "mlp"))},
-        "b": {"alpha": np.zeros((), np.float32)},  # student-only: kept
-        "h": {"kernel": np.zeros((2, 2), np.float32)},  # skipped subtree: kept
+        "b": {"alpha": np.zeros((), np.float32)},
+        "h": {"kernel": np.zeros((2, 2), np.float32)},
     }
-    teacher = {
-        "a": {"kernel": rng.normal(size=(3, 4)).astype(np.float32)},
-        "h": {"kernel": rng.normal(size=(2, 2)).astype(np.float32)},
-        "d": {"extra": np.ones(2)},
-    }
-    out = copy_matching(student, teacher, skip=("h",))
-    assert isinstance(out["a"]["kernel"], nn.Partitioned)
+    teacher = {"a": {"kernel": np.ones((3, 4), np.float32)}, "h": {"kernel": np.ones((2, 2))}}
+    out = init_from_teacher(student, teacher, skip=("h",))
     assert out["a"]["kernel"].names == ("embed", "mlp")
-    np.testing.assert_array_equal(out["a"]["kernel"].value, teacher["a"]["kernel"])
+    np.testing.assert_array_equal(out["a"]["kernel"].value, 1.0)
+    np.testing.assert_array_equal(out["h"]["kernel"], 0.0)
     np.testing.assert_array_equal(out["b"]["alpha"], 0.0)
-    np.testing.assert_array_equal(out["h"]["kernel"], np.zeros((2, 2)))
-    np.testing.assert_array_equal(
-        copy_matching(student, teacher)["h"]["kernel"], teacher["h"]["kernel"]
-    )
-
-
-def test_copy_matching_reports_shape_mismatch():
-    student = {"c": {"kernel": np.zeros((2, 2), np.float32)}}
-    teacher = {"c": {"kernel": np.zeros((3, 3), np.float32)}}
-    with pytest.raises(ValueError, match=r"c/kernel: teacher \(3, 3\) vs student \(2, 2\)"):
-        copy_matching(student, teacher)
+    with pytest.raises(ValueError, match=r"a/kernel: teacher \(3, 3\) vs student \(3, 4\)"):
+        init_from_teacher(student, {"a": {"kernel": np.ones((3, 3))}})
 
 
 def test_with_numel_multiplier_reaches_every_act_quantizer():

@@ -20,18 +20,26 @@ import numpy as np
 from flax import traverse_util
 
 from bipft_jax import paths
+from bipft_jax.checkpoint import (
+    CheckpointNotFoundError,
+    ParamsMismatchError,
+    restore_params,
+    transfer_params,
+)
+from bipft_jax.checkpoint.model_card import find_model_card, read_model_card
+from bipft_jax.checkpoint.transfer import differences, leaf_shapes
 from bipft_jax.model.bert import BertForSequenceClassification
 from bipft_jax.model.config import BertConfig
-from bipft_jax.model.hf_import import bert_config_from_hf, import_hf_weights, read_hf_checkpoint
-from bipft_jax.model.presets import METHODS, apply_overrides, get_model_config
+from bipft_jax.model.hf_import import hf_sizes, import_hf_weights, read_hf_checkpoint, sizes_of
+from bipft_jax.model.presets import (
+    METHODS,
+    act_bits_overrides,
+    apply_overrides,
+    get_model_config,
+)
 from bipft_jax.quant.layers import calibrate_alphas
-from bipft_jax.train.model_card import find_model_card, read_model_card
 
 INIT_KINDS = ("scratch", "hf", "checkpoint")
-_ACT_FIELDS = ("linear_input", "ffn_out_input", "qkv", "probs")
-_POOLER_INPUT = "pooler_quant.input"  # BiT's W1A2 stage: the pooler input is A2 too
-SIZE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-              "max_position", "type_vocab_size")  # fmt: skip
 
 
 class InitError(ValueError):
@@ -66,12 +74,6 @@ def parse_chain(text: str) -> list[StageSpec]:
     if not stages:
         raise ValueError("config key 'chain' is empty; give e.g. 'bipft' or 'fp,bit'")
     return stages
-
-
-def hf_sizes(hf_dir: str) -> dict[str, Any]:
-    hf_cfg, _ = read_hf_checkpoint(hf_dir)
-    sized = bert_config_from_hf(hf_cfg)
-    return {k: getattr(sized, k) for k in (*SIZE_KEYS, "layer_norm_eps")}
 
 
 def model_config(
@@ -120,18 +122,11 @@ def stage_model_config(cfg: Any, stage: StageSpec) -> BertConfig:
     if size == "hf" and cfg.init.kind == "checkpoint":
         source, _, _ = read_model_card(find_model_card(cfg.init.path))
         size = "base"
-        extra = {**{k: getattr(source, k) for k in (*SIZE_KEYS, "layer_norm_eps")}, **extra}
+        extra = {**sizes_of(source), **extra}
     elif size == "hf":
         hf_dir = paths.resolve_model_dir(cfg.init.path) if cfg.init.path else None
     config = model_config(stage, size, hf_dir, pooler_follows_bits=follow, **extra)
     return apply_overrides(config, m.get("overrides", ()))
-
-
-def act_bits_overrides(bits: int, pooler: bool = True) -> dict[str, int]:
-    """`get_model_config` overrides that put every elastic activation binarizer (and, with
-    `pooler`, the pooler input) at `bits`."""
-    fields = (*_ACT_FIELDS, _POOLER_INPUT) if pooler else _ACT_FIELDS
-    return {f"quant.{field}.bits": bits for field in fields}
 
 
 def init_params(
@@ -147,59 +142,30 @@ def init_params(
     return nn.meta.unbox(variables["params"])
 
 
-def _shapes(tree: Any) -> dict[str, tuple]:
-    flat = traverse_util.flatten_dict(tree)
-    return {"/".join(map(str, k)): tuple(np.shape(v)) for k, v in flat.items()}
-
-
 def merge_encoder(
     params: dict, source: dict, what: str, classifier: bool = True
 ) -> tuple[dict, set[str]]:
-    """Copy every `bert/...` leaf of `source` into `params`; any shape mismatch raises InitError.
+    """`params` with every leaf that `source` holds copied in (`transfer_params`: any shape
+    mismatch raises InitError listing each one).
 
     Leaves of the model missing from `source` keep their init (binarizer α/β, estimators, BiPFT
-    pooler LN of an FP source; the classifier of a pretraining checkpoint). With `classifier`, a
-    source classifier of the same shape is copied too (the references start from it). Returns
-    the merged params and the paths ("bert/.../alpha") of the leaves that kept their init.
+    pooler LN of an FP source; the classifier of a pretraining checkpoint); source leaves the
+    model lacks (pretraining heads) are left out. With `classifier` the source's classifier is
+    copied too (the references start from it; one of another shape is an error: set
+    `init.load_classifier=False`). Returns the merged params and the paths ("bert/.../alpha")
+    of the leaves that kept their init.
     """
     if "bert" not in source:
         raise InitError(f"{what}: no 'bert' parameters (top-level keys: {sorted(source)})")
-    want, have = _shapes(params["bert"]), _shapes(source["bert"])
-    bad = [f"bert/{k}: checkpoint {have[k]} vs config {s}" for k, s in want.items()
-           if k in have and have[k] != s]  # fmt: skip
-    if bad:
-        raise InitError(
-            f"{what} does not match the model config ({len(bad)} shape mismatches): "
-            + "; ".join(bad[:8])
-            + (" ..." if len(bad) > 8 else "")
-        )
-    flat = traverse_util.flatten_dict(params["bert"])
-    src = traverse_util.flatten_dict(source["bert"])
-    merged = {k: (jnp.asarray(src[k], v.dtype) if k in src else v) for k, v in flat.items()}
-    new = {"bert/" + "/".join(k) for k in flat if k not in src}
-    out = dict(params)
-    out["bert"] = traverse_util.unflatten_dict(merged)
-    same = "classifier" in source and _shapes(source["classifier"]) == _shapes(params["classifier"])
-    if classifier and same:
-        out["classifier"] = source["classifier"]
-    else:
-        new |= {"classifier/" + k for k in _shapes(params["classifier"])}
-    return out, new
-
-
-def restore_params(path: str, step: int | None = None) -> dict:
-    """Params of step ``step`` (default: the newest) of an Orbax checkpoint directory (ours:
-    `state.params`)."""
-    from bipft_jax.train.checkpoint import CheckpointManager
-
-    root = Path(path)
-    workdir = root.parent if root.name == "checkpoints" else root
-    if not (workdir / "checkpoints").is_dir():
-        raise InitError(f"init checkpoint not found: {workdir}/checkpoints does not exist")
-    with CheckpointManager(workdir, async_save=False, read_only=True) as mngr:
-        state, _ = mngr.restore(step=step)
-    params = state.get("params", state) if isinstance(state, dict) else state
-    return jax.tree.map(np.asarray, dict(params))
+    try:
+        skip = () if classifier else ("classifier",)
+        names = ("model config", "checkpoint")
+        out, report = transfer_params(params, source, what=what, skip=skip, names=names)
+    except ParamsMismatchError as e:
+        shapes, _, _ = differences(leaf_shapes(params), leaf_shapes(source))
+        head = all(k.startswith("classifier/") for k in shapes)  # another task's classifier
+        raise InitError(f"{e}" + ("; set init.load_classifier=False" if head else "")) from None
+    return out, set(report.kept)
 
 
 def load_initial_params(
@@ -247,9 +213,11 @@ def load_initial_params(
             raise InitError(f"init.path {path}: {e}") from None
         params, new = variables["params"], set(report["kept_at_init"])
     else:
-        params, new = merge_encoder(
-            params, restore_params(path, step), f"init checkpoint {path}", load_classifier
-        )
+        try:
+            source = restore_params(path, step)
+        except CheckpointNotFoundError as e:
+            raise InitError(f"init {e}") from None
+        params, new = merge_encoder(params, source, f"init checkpoint {path}", load_classifier)
     return init_alphas(model, params, batch, new, keep_alpha), f"{kind}:{path}"
 
 

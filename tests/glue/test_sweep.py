@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from bipft_jax.train import sweep
+from bipft_jax.glue import sweep
 
 from .helpers import ROOT, TINY
 
@@ -82,7 +82,7 @@ def test_bad_sweep_keys(tmp_path):
 
 def test_overrides_in_both_forms_reach_every_run(tmp_path, monkeypatch, capsys):
     """`--config.k=v` and `--config.k v` change the grid AND the config of every run."""
-    from bipft_jax.train import finetune
+    from bipft_jax.glue import finetune
 
     seen = []
     monkeypatch.setattr(finetune, "run", lambda cfg, workdir: seen.append(cfg))

@@ -235,7 +235,7 @@ def build_tables(results: str | Path, cfg: Any) -> list[Path]:
     tasks = [t for t in cfg.tasks if any(r["task"] == t for r in records)]
     summary = summarise(records, tasks)
     pts = curve(records, tasks)
-    first = {}
+    first: dict[str, dict] = {}
     for r in sorted(records, key=lambda r: (r["seed"], r["run"])):
         first.setdefault(r["row"] if r.get("pretrain_fraction") in (None, 1.0) else r["run"],
                          r["command"])  # fmt: skip

@@ -13,8 +13,8 @@ import numpy as np
 
 from bipft_jax.data.glue import write_submission
 from bipft_jax.data.glue_metrics import task_metrics
+from bipft_jax.glue import data as glue_data
 from bipft_jax.parallel import shard_host_batch
-from bipft_jax.train import glue_data
 
 
 def local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -3,8 +3,9 @@
 One checkpoint = ``state`` (any pytree of ``jax.Array``; sharded arrays are written shard by
 shard) + ``extra`` (a small JSON dict: data-loader state, config hash, ...). Restoring takes an
 abstract tree of ``jax.ShapeDtypeStruct(shape, dtype, sharding=...)``; the arrays come back on
-*those* shardings, so a run may resume on a different mesh. Keeping our own small surface makes
-a later move to Orbax's V1 API a change to this file only.
+*those* shardings, so a run may resume on a different mesh. ``restore_params`` reads the
+``params`` subtree only (Orbax partial restore). Keeping our own small surface makes a later
+move to Orbax's V1 API a change to this package only.
 
 Integrity (``integrity.py``): every step is committed with a SHA-256 manifest of its files, and
 every restore verifies it. A corrupted, truncated or unfinished step is never used: by default
@@ -19,6 +20,7 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bipft_jax.checkpoint.integrity import CheckpointCorruptError, SealedRenamePath, verify
+from bipft_jax.checkpoint.transfer import describe, differences, leaf_shapes
 from bipft_jax.errors import UserError, one_line
-from bipft_jax.train.integrity import CheckpointCorruptError, SealedRenamePath, verify
 
 PyTree = Any
 ON_CORRUPT = ("fallback", "error")
@@ -207,6 +210,22 @@ class CheckpointManager:
             self._verdicts.pop(step, None)
         self._mngr.reload()
 
+    def select_step(self, step: int | None = None) -> int:
+        """``step`` if it exists and is intact (else an error), or the newest intact step."""
+        if step is None:
+            step = self._newest_intact()
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint to restore in {self.directory}")
+            return step
+        self._mngr.wait_until_finished()
+        steps = self.all_steps()
+        if step not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint for step {step} in {self.directory}; available steps: {steps}"
+            )
+        self.require_intact(step)
+        return step
+
     def restore(
         self, abstract_state: PyTree | None = None, step: int | None = None
     ) -> tuple[PyTree, dict]:
@@ -216,18 +235,7 @@ class CheckpointManager:
         ``abstract_state`` is a tree of ``jax.ShapeDtypeStruct`` with ``sharding`` set (see
         ``bipft_jax.train.loop.abstract_state``); ``None`` restores as saved.
         """
-        if step is None:
-            step = self._newest_intact()
-            if step is None:
-                raise FileNotFoundError(f"no checkpoint to restore in {self.directory}")
-        else:
-            self._mngr.wait_until_finished()
-            steps = self.all_steps()
-            if step not in steps:
-                raise FileNotFoundError(
-                    f"no checkpoint for step {step} in {self.directory}; available steps: {steps}"
-                )
-            self.require_intact(step)
+        step = self.select_step(step)
         state_arg = (
             ocp.args.StandardRestore()
             if abstract_state is None
@@ -248,6 +256,36 @@ class CheckpointManager:
                 f"checkpoint step {step} in {self.directory} {what}: {reason}"
             ) from e
         return restored.state, dict(restored.extra or {})
+
+    def restore_params(self, like: PyTree | None = None, step: int | None = None) -> PyTree:
+        """Only ``state["params"]`` of ``step`` (default: the newest intact one).
+
+        Orbax's partial restore reads the arrays of the params subtree and nothing else of the
+        state (not the optimizer moments, 2x the params with Adam). ``like``: a tree of
+        ``jax.ShapeDtypeStruct`` that the saved params must match exactly (paths and shapes,
+        else ``CheckpointMismatchError``); each array comes back in its dtype, on its
+        ``sharding`` (numpy without one). ``None``: every saved param as a numpy array.
+        """
+        step = self.select_step(step)
+        step_dir = self.directory / str(step)
+        saved = saved_tree(step_dir)
+        where = f"checkpoint step {step} in {self.directory}"
+        if not isinstance(saved, Mapping) or not isinstance(saved.get("params"), Mapping):
+            top = sorted(saved) if isinstance(saved, Mapping) else type(saved).__name__
+            raise CheckpointMismatchError(f"{where} holds no params (its state: {top})")
+        if like is None:
+            like = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved["params"])
+        names = ("model", "checkpoint")
+        diff = differences(leaf_shapes(like), leaf_shapes(saved["params"]), names)
+        if any(diff):  # Orbax would fill a requested leaf that is not saved without a word
+            raise CheckpointMismatchError(f"{where} does not fit: {describe(*diff, names)}")
+        args = ocp.args.PyTreeRestore(
+            item={"params": like},
+            restore_args={"params": jax.tree.map(_restore_arg, like)},
+            partial_restore=True,
+        )
+        with ocp.PyTreeCheckpointer() as reader:
+            return reader.restore(step_dir / "state", args=args)["params"]
 
     def reached_preemption(self, step: int) -> bool:
         """True when the run should save now and stop.
@@ -293,33 +331,26 @@ class CheckpointManager:
         self.close()
 
 
-def _key_path(path: tuple) -> str:
-    names = (getattr(k, a) for k in path for a in ("key", "name", "idx") if hasattr(k, a))
-    return "/".join(map(str, names))
+def saved_tree(step_dir: str | Path) -> PyTree:
+    """The ``state`` tree of a step directory as Orbax array metadata (shape, dtype), read from
+    its metadata files only (the one place that reads Orbax's metadata)."""
+    with ocp.PyTreeCheckpointer() as reader:
+        return reader.metadata(Path(step_dir) / "state").item_metadata.tree
+
+
+def _restore_arg(x: jax.ShapeDtypeStruct) -> ocp.RestoreArgs:
+    if x.sharding is None:
+        return ocp.RestoreArgs(restore_type=np.ndarray, dtype=x.dtype)
+    return ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype)
 
 
 def _mismatch(step_dir: Path, abstract_state: PyTree | None) -> str:
     """Where a checkpoint's arrays and the run's state differ, in a few words ("" if unknown)."""
     if abstract_state is None:
         return ""
-    meta = ocp.StandardCheckpointer().metadata(step_dir / "state")
-    tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
-    saved, want = (
-        {_key_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(t)[0]}
-        for t in (tree, abstract_state)
-    )
-    first = lambda keys: min(keys, key=lambda k: (not k.startswith("params"), k))  # noqa: E731
-    parts = []
-    if shapes := [k for k in want.keys() & saved.keys() if want[k] != saved[k]]:
-        k = first(shapes)
-        parts.append(
-            f"{len(shapes)} shapes differ, e.g. {k}: checkpoint {saved[k]} vs run {want[k]}"
-        )
-    if missing := want.keys() - saved.keys():
-        parts.append(f"{len(missing)} arrays of the run are not in it, e.g. {first(missing)}")
-    if unused := saved.keys() - want.keys():
-        parts.append(f"{len(unused)} of its arrays are not in the run, e.g. {first(unused)}")
-    return "; ".join(parts)
+    names = ("run", "checkpoint")
+    have, want = leaf_shapes(saved_tree(step_dir)), leaf_shapes(abstract_state)
+    return describe(*differences(want, have, names), names, n=2)
 
 
 def _warn(message: str) -> None:

@@ -28,10 +28,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from bipft_jax.glue.study_table import build_tables
 from bipft_jax.train.config_io import ConfigDict, parse_command_line
 from bipft_jax.train.pretrain_eval import read_summary
-from bipft_jax.train.study_table import build_tables
 
 FINETUNE_RESULTS = "results.json"
 
@@ -170,7 +171,7 @@ def _pretrain_seconds(workdir: Path) -> float:
 
 # ----------------------------------------------------------------------------- driver
 
-_STOP = {"flag": False, "child": None}
+_STOP: dict[str, Any] = {"flag": False, "child": None}
 
 
 def _on_sigterm(signum, frame) -> None:

@@ -23,13 +23,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
+from bipft_jax.checkpoint import ParamsMismatchError, restore_params, transfer_params
+from bipft_jax.checkpoint.model_card import MODEL_CARD, ModelCardError, read_model_card
+from bipft_jax.glue.init import InitError, parse_stage, stage_model_config
 from bipft_jax.model.bert import BertForSequenceClassification
 from bipft_jax.model.config import BertConfig
 from bipft_jax.model.hf_import import bert_config_from_hf, import_hf_weights, read_hf_checkpoint
-from bipft_jax.train.glue_init import InitError, parse_stage, restore_params, stage_model_config
-from bipft_jax.train.model_card import MODEL_CARD, ModelCardError, read_model_card
 
 _STAGE_SUBDIRS = ("best", "final")
 
@@ -77,17 +77,6 @@ def _init(model: BertForSequenceClassification) -> dict:
     return jax.tree.map(np.asarray, nn.unbox(model.init(jax.random.PRNGKey(0), ids)["params"]))
 
 
-def _check_fits(params: dict, template: dict, what: str) -> None:
-    want = {"/".join(k): np.shape(v) for k, v in traverse_util.flatten_dict(template).items()}
-    have = {"/".join(k): np.shape(v) for k, v in traverse_util.flatten_dict(params).items()}
-    bad = [f"missing {k}" for k in sorted(set(want) - set(have))]
-    bad += [f"unexpected {k}" for k in sorted(set(have) - set(want))]
-    bad += [f"{k}: {have[k]} vs model {want[k]}" for k in sorted(set(want) & set(have))
-            if have[k] != want[k]]  # fmt: skip
-    if bad:
-        raise InitError(f"{what} does not fit its model config ({len(bad)}): " + "; ".join(bad))
-
-
 def load_teacher(path: str | Path, num_labels: int) -> Teacher:
     """The ready teacher at `path` (see the module docstring), checked against `num_labels`."""
     root = Path(path)
@@ -112,8 +101,12 @@ def load_teacher(path: str | Path, num_labels: int) -> Teacher:
     if card_labels is not None and card_labels != num_labels:
         raise InitError(f"teacher {root} has {card_labels} labels; the task has {num_labels}")
     model = BertForSequenceClassification(config, num_labels=num_labels)
-    params = restore_params(str(ckpt_dir))
-    _check_fits(params, _init(model), f"teacher checkpoint {ckpt_dir}")
+    try:  # exactly the model's params, nothing missing or left over
+        params, _ = transfer_params(_init(model), restore_params(ckpt_dir),
+                                    what=f"teacher checkpoint {ckpt_dir}", strict=True,
+                                    names=("model config", "checkpoint"))  # fmt: skip
+    except ParamsMismatchError as e:
+        raise InitError(str(e)) from None
     return Teacher(model, params, f"checkpoint:{ckpt_dir}")
 
 

@@ -85,7 +85,7 @@ def finetune_config(
             kind="scratch",  # scratch | hf | checkpoint
             path="",
             # A binary checkpoint's α are kept, as the references' lazy α init does; False
-            # re-derives them from the first batch (glue_init.init_alphas).
+            # re-derives them from the first batch (init.init_alphas).
             keep_alpha=True,
             load_classifier=True,  # the source's classifier when its shape fits (BiT, BiBERT)
             step=0,  # init.kind=checkpoint: the checkpoint step to start from; 0 = the newest
@@ -112,7 +112,7 @@ def finetune_config(
             keep_state=False,  # keep the train-state checkpoints of a finished stage
             on_corrupt_checkpoint="fallback",  # or "error": stop instead of using an older step
             max_nonfinite_steps=10,  # stop after this many NaN/Inf steps in a row (0: never)
-            # "always" | "bibert_quirk" (glue_rules.student_dropout_on: reference BiBERT turns
+            # "always" | "bibert_quirk" (rules.student_dropout_on: reference BiBERT turns
             # the student's dropout off from an epoch's first evaluation to its end)
             student_dropout="always",
         )
@@ -136,7 +136,7 @@ def finetune_config(
             temperature=1.0,
             gt_beta=0.5,
             # "" = distil from the previous stage of the chain; else a ready fine-tuned teacher
-            # used as is (glue_teacher.load_teacher), and every stage of the chain is a student.
+            # used as is (teacher.load_teacher), and every stage of the chain is a student.
             teacher_path="",
             # The teacher's dropout during KD: on in BiT (train mode), off in BiBERT (eval).
             teacher_dropout=paper == "bit",
@@ -147,7 +147,7 @@ def finetune_config(
     )
     c.eval = ml_collections.ConfigDict(
         dict(
-            selection="main",  # main | bit | bibert | bipft (glue_rules.eval_rules)
+            selection="main",  # main | bit | bibert | bipft (rules.eval_rules)
             mnli_mm="every",  # every | when_best | final
         )
     )

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from bipft_jax import paths
+from bipft_jax.checkpoint import restore_params
 from bipft_jax.data.glue import GlueDataError
-from bipft_jax.train import finetune
-from bipft_jax.train.glue_init import InitError, parse_chain, restore_params
+from bipft_jax.glue import finetune
+from bipft_jax.glue.init import InitError, parse_chain
 
 from .helpers import tiny_config
 

@@ -8,8 +8,8 @@ import numpy as np
 import optax
 import pytest
 
+from bipft_jax.checkpoint import manager as ckpt
 from bipft_jax.parallel import get_rules, make_mesh, replicated, state_shardings
-from bipft_jax.train import checkpoint as ckpt
 from bipft_jax.train.loop import abstract_state
 from tests.parallel import toy
 

@@ -1,9 +1,9 @@
-"""Fine-tuning loss terms (`glue_kd.finetune_loss`) against NumPy hand computations."""
+"""Fine-tuning loss terms (`glue.kd.finetune_loss`) against NumPy hand computations."""
 
 import numpy as np
 import pytest
 
-from bipft_jax.train.glue_kd import finetune_loss
+from bipft_jax.glue.kd import finetune_loss
 
 B, L, D, H, C, LAYERS = 3, 5, 4, 2, 3, 2
 
@@ -109,8 +109,8 @@ def test_unknown_kind_and_missing_teacher(rng):
 
 @pytest.mark.parametrize("mse", [True, False])
 def test_stsb_logit_kd_switch_from_the_config(rng, mse):
-    from bipft_jax.train.glue_kd import loss_options
-    from bipft_jax.train.glue_recipes import finetune_config
+    from bipft_jax.glue.kd import loss_options
+    from bipft_jax.glue.recipes import finetune_config
 
     cfg = finetune_config("bit", "stsb", chain="fp,bit", kd="bit", optimizer="bertadam")
     assert cfg.kd.regression_logit_mse  # ours by default

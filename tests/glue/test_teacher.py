@@ -1,4 +1,4 @@
-"""Ready fine-tuned KD teachers (glue_teacher): HF classifier dirs, stage dirs, model cards."""
+"""Ready fine-tuned KD teachers (glue/teacher.py): HF classifier dirs, stage dirs, model cards."""
 
 import json
 
@@ -8,13 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bipft_jax.checkpoint import CheckpointManager
+from bipft_jax.checkpoint.model_card import write_model_card
+from bipft_jax.glue.init import InitError, model_config, parse_stage
+from bipft_jax.glue.recipes import finetune_config
+from bipft_jax.glue.teacher import apply_teacher, load_teacher
 from bipft_jax.model.bert import BertForSequenceClassification
-from bipft_jax.train.checkpoint import CheckpointManager
 from bipft_jax.train.config_io import save_config
-from bipft_jax.train.glue_init import InitError, model_config, parse_stage
-from bipft_jax.train.glue_recipes import finetune_config
-from bipft_jax.train.glue_teacher import apply_teacher, load_teacher
-from bipft_jax.train.model_card import write_model_card
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

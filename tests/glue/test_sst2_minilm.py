@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bipft_jax.train import finetune
+from bipft_jax.glue import finetune
 from bipft_jax.train.config_io import load_config
 
 from .helpers import ROOT

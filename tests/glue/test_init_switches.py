@@ -1,4 +1,4 @@
-"""glue_init switches: W1A2 pooler bits, keeping loaded α, loading the source's classifier."""
+"""glue/init.py switches: W1A2 pooler bits, keeping loaded α, loading the source's classifier."""
 
 import flax.linen as nn
 import jax
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from bipft_jax.checkpoint import CheckpointManager
+from bipft_jax.glue.init import InitError, load_initial_params, model_config, parse_stage
 from bipft_jax.model.bert import BertForSequenceClassification
 from bipft_jax.model.heads import BertPooler
-from bipft_jax.train.checkpoint import CheckpointManager
-from bipft_jax.train.glue_init import load_initial_params, model_config, parse_stage
 
 SIZES = dict(vocab_size=97, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
 
@@ -89,6 +89,23 @@ def test_keep_alpha_still_calibrates_from_an_fp_checkpoint(tmp_path):
     assert _alphas(a) == _alphas(b)
 
 
+def test_checkpoint_classifier_of_another_task_is_reported_not_skipped(tmp_path):
+    config = model_config(parse_stage("fp"), "tiny", **SIZES)
+    batch = _batch()
+    _save(tmp_path, traverse_util.unflatten_dict(_init(BertForSequenceClassification(config, 3),
+                                                       batch)))  # fmt: skip
+    two = BertForSequenceClassification(config, 2)
+    with pytest.raises(
+        InitError,
+        match=r"classifier/kernel: checkpoint \(16, 3\) vs model "
+        r"config \(16, 2\).*set init.load_classifier=False",
+    ):
+        load_initial_params(two, batch, 1, "checkpoint", str(tmp_path))
+    params, _ = load_initial_params(two, batch, 1, "checkpoint", str(tmp_path),
+                                    load_classifier=False)  # fmt: skip
+    assert params["classifier"]["kernel"].shape == (16, 2)
+
+
 @pytest.mark.parametrize("load", [True, False])
 def test_hf_init_loads_the_classifier(tmp_path, load):
     torch = pytest.importorskip("torch")
@@ -111,8 +128,8 @@ def test_hf_init_loads_the_classifier(tmp_path, load):
 
 
 def test_stage_model_config_reads_the_switches():
-    from bipft_jax.train.glue_init import stage_model_config
-    from bipft_jax.train.glue_recipes import finetune_config
+    from bipft_jax.glue.init import stage_model_config
+    from bipft_jax.glue.recipes import finetune_config
 
     cfg = finetune_config("bit", "rte", chain="fp,bit:a2", kd="bit", optimizer="bertadam")
     cfg.model.size, cfg.model.num_layers = "tiny", 1

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bipft_jax.train import study
+from bipft_jax.glue import study
 from bipft_jax.train.config_io import load_config
 
 from .helpers import ROOT

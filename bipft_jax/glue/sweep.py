@@ -7,7 +7,7 @@
 The grid comes from `config.sweep` (`tasks`: "sst2,rte"; `presets`: chains separated by ";",
 e.g. "fp;fp,bit"; `lrs`: "" = the config's lr; `seeds`). Each run lives in
 `<workdir>/runs/<task>/<preset>/lr<lr>/seed<seed>/`; one with `results.json` is finished and
-skipped. The aggregate (`glue_table.py`) writes `<workdir>/<output>.md`, `.csv` and `.png`.
+skipped. The aggregate (`table.py`) writes `<workdir>/<output>.md`, `.csv` and `.png`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from bipft_jax.glue.data import resolve_task
+from bipft_jax.glue.finetune import RESULTS
+from bipft_jax.glue.init import parse_chain
+from bipft_jax.glue.table import aggregate
 from bipft_jax.train.config_io import ConfigDict, load_config, parse_command_line, split_argv
-from bipft_jax.train.finetune import RESULTS
-from bipft_jax.train.glue_data import resolve_task
-from bipft_jax.train.glue_init import parse_chain
-from bipft_jax.train.glue_table import aggregate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +100,7 @@ def run_sweep(
     aggregate_only: bool = False,
 ) -> dict:
     """Run (or list) the unfinished runs, then aggregate; returns a summary dict."""
-    from bipft_jax.train import finetune
+    from bipft_jax.glue import finetune
 
     root = Path(workdir)
     runs = grid(cfg)

@@ -32,28 +32,34 @@ import jax.numpy as jnp
 import numpy as np
 
 from bipft_jax import paths
+from bipft_jax.checkpoint import (
+    CheckpointManager,
+    install_sigterm_handler,
+    restore_params,
+    restore_state,
+)
+from bipft_jax.checkpoint.model_card import write_model_card
 from bipft_jax.data.glue import GlueDataError, TaskSpec
 from bipft_jax.data.tokenizer import BertTokenizer
-from bipft_jax.model.bert import BertForSequenceClassification
-from bipft_jax.parallel import get_rules, make_mesh, shard_host_batch
-from bipft_jax.parallel.distributed import add_distributed_args, maybe_initialize_distributed
-from bipft_jax.train import glue_data
-from bipft_jax.train.checkpoint import CheckpointManager, install_sigterm_handler
-from bipft_jax.train.config_io import ConfigDict, config_hash, parse_command_line, save_config
-from bipft_jax.train.glue_eval import evaluate, predict, write_predictions
-from bipft_jax.train.glue_init import (
+from bipft_jax.glue import data as glue_data
+from bipft_jax.glue.eval import evaluate, predict, write_predictions
+from bipft_jax.glue.init import (
     StageSpec,
     init_alphas,
     init_params,
     load_initial_params,
     merge_encoder,
     parse_chain,
-    restore_params,
     stage_model_config,
 )
-from bipft_jax.train.glue_kd import check_kd_kind, finetune_loss, loss_options, needs_intermediates
-from bipft_jax.train.glue_rules import eval_rules, student_dropout_on
-from bipft_jax.train.glue_teacher import Teacher, apply_teacher, load_teacher
+from bipft_jax.glue.kd import check_kd_kind, finetune_loss, loss_options, needs_intermediates
+from bipft_jax.glue.rules import eval_rules, student_dropout_on
+from bipft_jax.glue.teacher import Teacher, apply_teacher, load_teacher
+from bipft_jax.model.bert import BertForSequenceClassification
+from bipft_jax.parallel import get_rules, make_mesh, shard_host_batch
+from bipft_jax.parallel.distributed import add_distributed_args, maybe_initialize_distributed
+from bipft_jax.quant import with_numel_multiplier
+from bipft_jax.train.config_io import ConfigDict, config_hash, parse_command_line, save_config
 from bipft_jax.train.loop import (
     LoopHooks,
     TrainState,
@@ -62,10 +68,8 @@ from bipft_jax.train.loop import (
     make_train_step,
     run_loop,
     train_state_shardings,
-    with_numel_multiplier,
 )
 from bipft_jax.train.metrics import MetricWriter, ProgressLogger
-from bipft_jax.train.model_card import write_model_card
 from bipft_jax.train.optim import lr_schedule, make_optimizer
 
 RESULTS = "results.json"
@@ -200,7 +204,8 @@ def run_stage(
     sh = train_state_shardings(boxed(model), tx, mesh, rules, jax.random.PRNGKey(0))
     state = _place_state(params, tx, sh, mesh)
     del params
-    consts, const_sh = (), ()
+    consts: tuple[Any, ...] = ()
+    const_sh: tuple[Any, ...] = ()
     if teacher is not None:
         t_sh = train_state_shardings(boxed(teacher.model), tx, mesh, rules,
                                      jax.random.PRNGKey(0)).params  # fmt: skip
@@ -211,7 +216,7 @@ def run_stage(
     progress = Progress([], {"score": None})
     start = ckpt.latest_step() or 0
     if start:
-        state, extra = ckpt.restore(abstract_state(sh, state))
+        state, extra = restore_state(ckpt, abstract_state(sh, state))
         progress = Progress(extra["history"], extra["best"])
         if main_proc:
             print(f"[{spec.name} {stage.name}] resumed at step {start}/{total}", flush=True)
@@ -384,6 +389,7 @@ def run(cfg: ConfigDict, workdir: str | Path) -> dict:
         all_results.append(results)
         if results["status"] != "done":
             return {"status": results["status"], "stages": all_results}
+        assert best_params is not None  # a finished stage has its best/ weights
         init, teacher = best_params, Teacher(model, best_params, f"stage {i}")
     summary = {
         "status": "done", "task": task.spec.name, "seed": cfg.seed, "chain": cfg.chain,

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from bipft_jax.checkpoint import manager as ckpt_mod
+from bipft_jax.checkpoint import restore_params
 from bipft_jax.data.glue_metrics import task_metrics
+from bipft_jax.glue import data as glue_data
+from bipft_jax.glue import finetune
+from bipft_jax.glue.eval import predict
 from bipft_jax.model.bert import BertForSequenceClassification
 from bipft_jax.model.presets import get_model_config
 from bipft_jax.parallel import make_mesh
-from bipft_jax.train import checkpoint as ckpt_mod
-from bipft_jax.train import finetune, glue_data
-from bipft_jax.train.glue_eval import predict
-from bipft_jax.train.glue_init import restore_params
 
 from .helpers import ROOT, TINY, tiny_config
 

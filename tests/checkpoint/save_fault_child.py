@@ -1,6 +1,6 @@
 """A process that saves step 1, then meets a fault while saving step 2 (run by the fault tests).
 
-    python -m tests.train_infra.save_fault_child WORKDIR MODE
+    python -m tests.checkpoint.save_fault_child WORKDIR MODE
 
 MODE: ``efbig-async`` / ``efbig-sync`` (the kernel refuses writes past 1 MiB per file, as a full
 disk would, inside Orbax's tensorstore writer), ``hang-commit`` (all data written, then hangs
@@ -19,7 +19,8 @@ import time
 import jax
 import numpy as np
 
-from bipft_jax.train import checkpoint, integrity
+from bipft_jax.checkpoint import integrity
+from bipft_jax.checkpoint import manager as checkpoint
 
 
 def state(seed: int, n: int = 1000) -> dict:

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bipft_jax.train import checkpoint, integrity
-from tests.train_infra.save_fault_child import state
+from bipft_jax.checkpoint import integrity
+from bipft_jax.checkpoint import manager as checkpoint
+from tests.checkpoint.save_fault_child import state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,7 +21,7 @@ def _child(workdir: Path, mode: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}  # fmt: skip
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.train_infra.save_fault_child", str(workdir), mode],
+        [sys.executable, "-m", "tests.checkpoint.save_fault_child", str(workdir), mode],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 

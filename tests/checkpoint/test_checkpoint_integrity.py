@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from bipft_jax.train import checkpoint as ckpt
-from bipft_jax.train.integrity import MANIFEST, CheckpointCorruptError
+from bipft_jax.checkpoint import manager as ckpt
+from bipft_jax.checkpoint.integrity import MANIFEST, CheckpointCorruptError
 
 
 def _state(seed: int) -> dict:
@@ -148,8 +148,8 @@ def test_every_step_unusable_is_an_error_not_a_fresh_start(saved, tmp_path):
 def test_export_and_finetune_init_use_the_newest_intact_step(saved, tmp_path, capsys):
     """The two other readers: `bipft export --checkpoint` and a fine-tuning init checkpoint."""
     from bipft_jax import cli
+    from bipft_jax.checkpoint import restore_params
     from bipft_jax.export.cli import load_checkpoint_params
-    from bipft_jax.train.glue_init import restore_params
 
     root = tmp_path / "run"
     shutil.copytree(saved, root)

@@ -1,10 +1,10 @@
-"""Per-paper selection metric, MNLI-mm timing and the BiBERT dropout quirk (glue_rules)."""
+"""Per-paper selection metric, MNLI-mm timing and the BiBERT dropout quirk (glue/rules.py)."""
 
 import numpy as np
 import pytest
 
 from bipft_jax.data.glue_metrics import task_metrics
-from bipft_jax.train.glue_rules import SELECTIONS, eval_rules, student_dropout_on
+from bipft_jax.glue.rules import SELECTIONS, eval_rules, student_dropout_on
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
