@@ -4,6 +4,7 @@ import jax
 import numpy as np
 from flax import serialization
 
+from bipft_jax.errors import EXIT_USER_ERROR, run_command
 from bipft_jax.export.cli import main
 from bipft_jax.infer.fileformat import load_packed
 from bipft_jax.infer.packed_model import load_packed_model, pack_model
@@ -44,5 +45,7 @@ def test_cli_rejects_fp_preset(tmp_path, capsys):
     src = tmp_path / "params.msgpack"
     src.write_bytes(serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
     argv = ["--format", "packed", "--params", str(src), "--preset", "fp", "--size", "tiny"]
-    assert main([*argv, *SETS, "--out", str(tmp_path / "o")]) == 1
-    assert "binary preset" in capsys.readouterr().err
+    code = run_command("bipft export", main, [*argv, *SETS, "--out", str(tmp_path / "o")])
+    assert code == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "binary preset" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -22,8 +22,10 @@ def test_fp16_tables_are_default_and_exact(method):
     halves = sorted(n for n, r in manifest["tensors"].items() if r["dtype"] == "float16")
     assert halves and all("position_embeddings" in n or "token_type" in n for n in halves)
     batch = random_batch(seed=2)
-    ref = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                      batch["token_type_ids"])  # fmt: skip
+    # Both sides jitted: x30 weights put some BiBERT bool-attention scores on a knife edge where
+    # eager and jitted float rounding (the erf GELU) already pick different signs.
+    ref = jax.jit(model.apply)({"params": params}, batch["input_ids"], batch["attention_mask"],
+                               batch["token_type_ids"])  # fmt: skip
     got = jax.jit(packed_forward)(PackedModel.from_tensors(tensors, manifest), **batch)
     np.testing.assert_allclose(np.asarray(got["logits"]), np.asarray(ref["logits"]), atol=1e-4,
                                rtol=0)  # fmt: skip
