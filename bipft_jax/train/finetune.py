@@ -112,9 +112,13 @@ def _optimizer_config(cfg: ConfigDict, lr: float, total: int) -> dict:
 
 
 def _save_params(directory: Path, step: int, params: Any, extra: dict, model_cfg, labels) -> None:
-    """Params-only checkpoint (``best/``, ``final/``) plus the model card beside it."""
+    """Params-only checkpoint (``best/``, ``final/``) plus the model card beside it.
+
+    A step already there was written by this run before an interruption: training is
+    deterministic, so it holds these very params and is kept."""
     with CheckpointManager(directory, max_to_keep=1, async_save=False) as mngr:
-        mngr.save(step, {"params": params}, extra, force=True)
+        if step not in mngr.all_steps():
+            mngr.save(step, {"params": params}, extra, force=True)
     if jax.process_index() == 0:
         write_model_card(directory, model_cfg, labels, stage=extra["stage"], task=extra["task"])
 
