@@ -149,7 +149,15 @@ def jax_finetune_step(method: str) -> Callable[[], None]:
         )
         return finetune_loss("none", out, None, batch["labels"], is_regression=False)
 
-    tx = make_optimizer({"name": "adamw", "lr": 5e-5, "weight_decay": 0.01})
+    tx = make_optimizer(
+        {
+            "name": "adamw",
+            "lr": 5e-5,
+            "weight_decay": 0.01,
+            "total_steps": 1000,
+            "warmup_steps": 100,
+        }
+    )
     state, sh = init_train_state(
         lambda r: model.init(r, ids)["params"], tx, mesh, rules, jax.random.PRNGKey(0)
     )
@@ -191,7 +199,15 @@ def jax_pretrain_step(method: str, n_pred: int) -> Callable[[], None]:
     host = _batch()
     ids = host["input_ids"][:1]
     teacher, t_params, t_sh, _ = build_teacher(c, cfg, mesh, rules, ids)
-    tx = make_optimizer({"name": "adamw", "lr": 1e-4, "weight_decay": 0.01})
+    tx = make_optimizer(
+        {
+            "name": "adamw",
+            "lr": 1e-4,
+            "weight_decay": 0.01,
+            "total_steps": 1000,
+            "warmup_steps": 100,
+        }
+    )
     init = lambda r, tp: init_from_teacher(student.init(r, ids)["params"], tp)  # noqa: E731
     state, sh = init_train_state(init, tx, mesh, rules, jax.random.PRNGKey(0), t_params)
     step = jit_step(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ import numpy as np
 
 from bipft_jax.model.reference_import import (
     REFERENCES,
-    ReferenceImportError,
     infer_sizes,
     strip_wrappers,
 )
@@ -162,11 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, e.g. --set num_heads=12")  # fmt: skip
     args = p.parse_args(list(argv or []))
-    try:
-        card = convert(args.kind, args.path, args.out, parse_overrides(args.set))
-    except (ConvertError, ReferenceImportError, FileNotFoundError, ValueError) as e:
-        print(f"bipft convert: error: {e}", file=sys.stderr)
-        return 1
+    # User errors (ConvertError, ReferenceImportError, a missing file) propagate to the `bipft`
+    # edge (bipft_jax/errors.py): one line, exit code 2.
+    card = convert(args.kind, args.path, args.out, parse_overrides(args.set))
     print(f"bipft convert: wrote {card['head']} checkpoint to {args.out}")
     if card["unset_alphas"]:
         print(f"  note: {card['unset_alphas']} α equal 1.0 (never initialised by the reference)")

@@ -72,12 +72,21 @@ def _cases(tmp: Path, shared: Path) -> dict[str, tuple[list[str], str]]:
              "tiny", "--out", str(tmp / "o")],
             "checkpoint not found",
         ),
+        "convert-path": (
+            ["convert", "--from", "bipft", str(tmp / "nope.bin"), "--out", str(tmp / "c")],
+            "reference checkpoint not found",
+        ),
+        "study-config": (
+            ["study", "--config", "configs/study/nope.py", "--workdir", str(tmp / "s")],
+            "config file configs/study/nope.py does not exist",
+        ),
     }  # fmt: skip
 
 
 CASES = [
     "pretrain-config", "pretrain-override", "finetune-task", "finetune-rows", "sweep-task",
-    "prepare-vocab", "export-params", "export-preset", "export-checkpoint",
+    "prepare-vocab", "export-params", "export-preset", "export-checkpoint", "convert-path",
+    "study-config",
 ]  # fmt: skip
 
 

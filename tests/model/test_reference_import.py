@@ -146,4 +146,5 @@ def test_cli_then_export_and_finetune_init(tmp_path, capsys):
     got = model.apply({"params": params}, *(jnp.asarray(batch[k]) for k in
                       ("input_ids", "attention_mask", "token_type_ids")))["logits"]  # fmt: skip
     np.testing.assert_allclose(np.asarray(got), want, rtol=TOL, atol=TOL)
-    assert main(["--from", "bit", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 1
+    with pytest.raises(FileNotFoundError, match="reference checkpoint not found"):
+        main(["--from", "bit", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
