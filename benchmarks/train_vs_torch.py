@@ -258,7 +258,9 @@ def interleaved(contenders: dict[str, Callable[[], None]], rounds: int) -> dict:
     }
 
 
-def glue_epoch_ours(tree: Path, work: Path, minilm: str, baseline: bool) -> float:
+def glue_epoch_ours(
+    tree: Path, work: Path, minilm: str, baseline: bool, extra: list[str] | None = None
+) -> float:
     """Wall seconds of `bipft finetune`, 1 STS-B epoch + dev evaluation, in a fresh process."""
     if baseline:  # the older checkout: its own recipe file, same hyper-parameters
         spec = f"{tree}/configs/glue/bipft.py:stsb"
@@ -276,7 +278,7 @@ def glue_epoch_ours(tree: Path, work: Path, minilm: str, baseline: bool) -> floa
         ]
     else:
         spec = f"{tree}/configs/glue/study_minilm.py:fp:stsb"
-        sets = ["train.epochs=1"]
+        sets = ["train.epochs=1", *(extra or [])]
     cmd = [
         sys.executable,
         "-m",
@@ -356,7 +358,9 @@ def write(res: dict) -> None:
         "",
         f"Machine: {res['machine']}; torch {res['torch']} and XLA both on 2 threads; JAX "
         f"{res['jax']}. 1-min load average before/after: {res['load']}. MiniLM-L6-H384 "
-        f"sizes, batch {B} x {L}; medians of {res['rounds']} interleaved rounds.",
+        f"sizes, batch {B} x {L}; medians of {res['rounds']} interleaved rounds. Parts run "
+        f"last: {', '.join(res.get('parts_rerun', []))} (the others from an earlier run of this "
+        "script on the same machine).",
         "",
     ]
     for key, title in (
@@ -394,6 +398,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--parts", default="finetune,pretrain,glue")
     ap.add_argument("--baseline-tree", default="", help="an older checkout for (c)'s 'today' row")
+    ap.add_argument(
+        "--keep-other-parts",
+        action="store_true",
+        help="keep the parts not in --parts from the existing results file (from an earlier run)",
+    )
     a = ap.parse_args()
     import jax
     import torch
@@ -403,14 +412,20 @@ def main() -> None:
 
     from bipft_jax.paths import resolve_model_dir
 
-    res: dict = {
-        "machine": cpu_info()["model_name"],
-        "torch": torch.__version__,
-        "jax": jax.__version__,
-        "rounds": a.rounds,
-        "load": [round(os.getloadavg()[0], 2)],
-    }
     parts = a.parts.split(",")
+    old = RESULTS / "train_vs_torch.json"
+    kept = json.loads(old.read_text()) if old.exists() and a.keep_other_parts else {}
+    res: dict = {k: v for k, v in kept.items() if k in ("finetune", "pretrain", "glue_epoch")}
+    res.update(
+        {
+            "machine": cpu_info()["model_name"],
+            "torch": torch.__version__,
+            "jax": jax.__version__,
+            "rounds": a.rounds,
+            "load": [round(os.getloadavg()[0], 2)],
+            "parts_rerun": parts,
+        }
+    )
     methods = ("fp", "bibert", "bit", "bipft")
     if "finetune" in parts:
         contenders = {"torch": torch_finetune_step()}
@@ -429,6 +444,9 @@ def main() -> None:
         seconds = {
             "PyTorch loop": glue_epoch_torch(minilm),
             "bipft finetune": glue_epoch_ours(ROOT, work / "ours", minilm, False),
+            "bipft finetune, train.group_by_length=50": glue_epoch_ours(
+                ROOT, work / "grouped", minilm, False, ["train.group_by_length=50"]
+            ),
         }
         if a.baseline_tree:
             tree = Path(a.baseline_tree)

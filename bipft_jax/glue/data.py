@@ -10,6 +10,11 @@ Train batch ``step`` is a pure function of ``(seed, step)``: epoch ``step // ste
 shuffled by ``(seed, epoch)``, rows ``[i·B, (i+1)·B)`` of it (the last partial batch dropped), so a
 resumed run sees exactly the batches an uninterrupted one would. With several processes each
 takes its slice of the global batch; all agree on the bucket.
+
+``group_by_length = G > 0`` (Hugging Face's ``group_by_length``, off by default: the references
+draw batches at random): the shuffled epoch is cut into mega-batches of ``G`` batches, each
+sorted by length, and the batches are shuffled again, so a batch holds rows of similar length
+and pads far less. Still a pure function of ``(seed, step)``; every row is seen once per epoch.
 """
 
 from __future__ import annotations
@@ -76,6 +81,24 @@ def steps_per_epoch(n_rows: int, batch_size: int) -> int:
     return n_rows // batch_size
 
 
+def epoch_batches(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: int = 0
+) -> np.ndarray:
+    """Row ids of every full batch of ``epoch``, ``[steps_per_epoch, batch_size]``."""
+    n = len(lengths)
+    per_epoch = steps_per_epoch(n, batch_size)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)[: per_epoch * batch_size]
+    if group_by_length > 0:
+        mega = group_by_length * batch_size
+        order = np.concatenate([
+            chunk[np.argsort(-lengths[chunk], kind="stable")]
+            for chunk in np.split(order, range(mega, len(order), mega))
+        ])  # fmt: skip
+        return order.reshape(per_epoch, batch_size)[rng.permutation(per_epoch)]
+    return order.reshape(per_epoch, batch_size)
+
+
 def train_batch(
     data: dict[str, np.ndarray],
     batch_size: int,
@@ -84,6 +107,7 @@ def train_batch(
     pad_multiple: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    group_by_length: int = 0,
 ) -> dict[str, np.ndarray]:
     """This process's rows of global train batch ``step`` (see the module docstring)."""
     n = len(data["labels"])
@@ -93,8 +117,8 @@ def train_batch(
     if batch_size % process_count:
         raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
     epoch, i = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    idx = order[i * batch_size : (i + 1) * batch_size]
+    lengths = data["attention_mask"].sum(1)
+    idx = epoch_batches(lengths, batch_size, seed, epoch, group_by_length)[i]
     longest = int(data["attention_mask"][idx].sum(1).max())
     length = bucket_length(longest, pad_multiple, data["input_ids"].shape[1])
     local = batch_size // process_count
@@ -133,12 +157,14 @@ def eval_batches(
         yield _cut(batch, length), idx
 
 
-def padded_fraction(data: dict[str, np.ndarray], batch_size: int, pad_multiple: int) -> float:
+def padded_fraction(
+    data: dict[str, np.ndarray], batch_size: int, pad_multiple: int, group_by_length: int = 0
+) -> float:
     """Share of padding tokens in one epoch of train batches (a cost figure for the logs)."""
     steps = steps_per_epoch(len(data["labels"]), batch_size)
     real = total = 0
     for step in range(steps):
-        b = train_batch(data, batch_size, 0, step, pad_multiple)
+        b = train_batch(data, batch_size, 0, step, pad_multiple, group_by_length=group_by_length)
         real += int(b["attention_mask"].sum())
         total += b["attention_mask"].size
     return 1.0 - real / max(total, 1)

@@ -196,7 +196,8 @@ def run_stage(
     lr = tr.teacher_lr if is_teacher_stage else tr.lr
     opt_cfg = _optimizer_config(cfg, lr, total)
     tx, lr_fn = make_optimizer(opt_cfg), lr_schedule(opt_cfg)
-    first = glue_data.train_batch(task.train, tr.batch_size, cfg.seed + index, 0, tr.pad_multiple)
+    first = glue_data.train_batch(task.train, tr.batch_size, cfg.seed + index, 0, tr.pad_multiple,
+                                  group_by_length=tr.group_by_length)  # fmt: skip
     params, init_desc = _initial_params(cfg, model, first, index, init)
 
     ids = jnp.asarray(first["input_ids"][:1])
@@ -306,6 +307,7 @@ def run_stage(
         for b in glue_data.train_batches(
             task.train, tr.batch_size, cfg.seed + index, start, pad_multiple=tr.pad_multiple,
             process_index=jax.process_index(), process_count=jax.process_count(),
+            group_by_length=tr.group_by_length,
         )
     )  # fmt: skip
     hooks = LoopHooks(on_log, on_eval, lambda: {**extra, **progress.to_json()})

@@ -106,6 +106,9 @@ def finetune_config(
             # Batches are cut to the longest row rounded up to this multiple (0: pad every batch
             # to max_length, as the references do); at most max_length/pad_multiple shapes.
             pad_multiple=32,
+            # > 0: batches of similar length, drawn from sorted groups of this many batches (HF
+            # `group_by_length`); 0 = random batches, as the references (docs/deviations.md).
+            group_by_length=0,
             save_every=0,  # checkpoint cadence in steps; 0 = at every evaluation
             keep_checkpoints=2,
             async_checkpoint=True,

@@ -27,9 +27,9 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("h100", 989e12),  # SXM / HBM3
     ("h200", 989e12),
 )
-# CPU fallback: a nominal 64 GFLOP/s per core (2 GHz x 32 FP32 FLOP/cycle, AVX2-FMA class).
-# Rough by design; it only makes CPU smoke runs print a comparable number.
-CPU_FLOPS_PER_CORE = 64e9
+# CPU fallback: 117 GFLOP/s per core, an FP32 FMA loop measured on the AMD EPYC dev machines
+# (shared docs/performance.md; 32 FLOP/cycle at ~3.66 GHz). Rough by design: other CPUs differ.
+CPU_FLOPS_PER_CORE = 117e9
 
 
 def peak_flops_per_device(device_kind: str) -> float | None:

@@ -362,7 +362,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
         c.train.total_steps, d.global_batch_size * d.seq_len,
         bert_flops_per_token(student_cfg.hidden_size, student_cfg.intermediate_size,
                              student_cfg.num_layers, student_cfg.vocab_size, d.seq_len,
-                             max_predictions(c)),
+                             max_predictions(c), teacher_forward=teacher is not None),
     )  # fmt: skip
     writer = MetricWriter(workdir)
     if main_proc:

@@ -4,7 +4,7 @@ corpus (WikiText-2 test + six Austen novels, ~1.3 M WordPiece tokens).
 
     bipft pretrain --config configs/pretrain/minilm.py --workdir workdir/minilm
 
-About 15 minutes on a 2-core CPU (`train.total_steps=240`, batch 32 x 128 = ~1 M tokens, a bit
+About 11 minutes on an idle 2-core CPU (`train.total_steps=240`, batch 32 x 128 = ~1 M tokens, a bit
 under one pass over the corpus). Longer runs are a flag away, e.g. `--config.train.total_steps=2000`
 (about 2 hours here) or any size on an accelerator. `:bipft_a` drops the residual estimators
 (BiPFT-A of the paper); `:fp` pretrains the FP preset the same way.

@@ -66,6 +66,27 @@ def test_bucket_length_and_train_batches_are_cut_and_deterministic():
     assert {h["input_ids"].shape[1] for h in halves} == {width}
 
 
+def test_group_by_length_sees_every_row_once_and_pads_less():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(3, 128, 1000)
+    random = glue_data.epoch_batches(lengths, 16, 5, 2)
+    grouped = glue_data.epoch_batches(lengths, 16, 5, 2, group_by_length=10)
+    np.testing.assert_array_equal(
+        random.ravel(), np.random.default_rng([5, 2]).permutation(1000)[:992]
+    )
+    # The same rows as the random epoch (the dropped remainder too), each once.
+    np.testing.assert_array_equal(np.sort(grouped.ravel()), np.sort(random.ravel()))
+    np.testing.assert_array_equal(grouped, glue_data.epoch_batches(lengths, 16, 5, 2, 10))
+    assert not np.array_equal(grouped, glue_data.epoch_batches(lengths, 16, 5, 3, 10))
+    # Every mega-batch of 10 batches is sorted by length before the batches are shuffled.
+    spread = lambda b: (lengths[b].max(1) - lengths[b].min(1)).mean()  # noqa: E731
+    assert spread(grouped) < 0.25 * spread(random)
+    padded = lambda b: (lengths[b].max(1)[:, None] - lengths[b]).sum()  # noqa: E731
+    assert padded(grouped) < 0.25 * padded(random)
+    longest = lengths[grouped].max(1)
+    assert np.any(np.diff(longest[:10]) > 0)  # the batches are shuffled after the sort
+
+
 @pytest.mark.parametrize("method", ["fp", "bibert", "bipft"])
 def test_dynamic_padding_gives_the_metrics_of_fixed_padding(method, vocab_file):
     from bipft_jax.data.tokenizer import BertTokenizer
