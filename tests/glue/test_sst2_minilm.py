@@ -3,7 +3,7 @@
 From-scratch models barely learn in a CPU budget, so both tests start from MiniLM's weights
 (imported by `init.kind=hf`, sizes from its config.json). Dev = the first 200 SST-2 dev rows
 (majority class 50.5%). Budgets measured on the shared 2-vCPU box under load from other jobs:
-FP 30 steps ≈ 90 s wall, binary 60 steps ≈ 235 s wall (2 vCPUs shared with other jobs).
+FP 30 steps ≈ 90 s wall; binary 400 steps ≈ 4 min on an idle machine.
 """
 
 import importlib.util
@@ -27,12 +27,12 @@ def _minilm_dir() -> Path:
     return Path(spec.origin).parent / "model"
 
 
-def _run(tmp_path, chain: str, steps: int, lr: float) -> tuple[float, float]:
+def _run(tmp_path, chain: str, steps: int, lr: float, *extra: str) -> tuple[float, float]:
     overrides = [
         f"chain={chain}", "model.size=hf", "init.kind=hf", f"init.path={_minilm_dir()}",
         "max_train_rows=1200", "max_eval_rows=200", f"train.max_steps={steps}",
         f"train.eval_every={steps}", "train.max_length=40", "train.batch_size=16",
-        f"train.lr={lr}", "seed=42",
+        f"train.lr={lr}", "seed=42", *extra,
     ]  # fmt: skip
     cfg = load_config(f"{ROOT}/configs/glue/bipft.py:sst2", overrides)
     out = finetune.run(cfg, tmp_path)["result"]
@@ -48,5 +48,10 @@ def test_fp_minilm_sst2_beats_majority(tmp_path):
 
 
 def test_binary_bipft_minilm_sst2_beats_majority(tmp_path):
-    acc, majority = _run(tmp_path, "bipft", steps=60, lr=5e-4)
-    assert acc > majority + 0.04, (acc, majority)  # measured 0.575 at 60 steps (W1A1)
+    """W1A1 straight from FP MiniLM (no binary pretraining, no KD) stays at the majority class
+    for ~300 steps (measured: 60 or 150 steps of batch 16 on 1,200 rows, lr 2e-4 or 5e-4: 0.47-
+    0.51), then learns: 400 steps of 32 from the first 20,000 rows, warm-up + linear decay."""
+    acc, majority = _run(tmp_path, "bipft", 400, 5e-4, "max_train_rows=20000",
+                         "train.batch_size=32", "optimizer.schedule=linear",
+                         "optimizer.warmup_ratio=0.1", "optimizer.clip_norm=1.0")  # fmt: skip
+    assert acc > majority + 0.1, (acc, majority)  # measured 0.72 (seed 42), 0.74 (seed 1)
