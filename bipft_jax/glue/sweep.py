@@ -7,7 +7,9 @@
 The grid comes from `config.sweep` (`tasks`: "sst2,rte"; `presets`: chains separated by ";",
 e.g. "fp;fp,bit"; `lrs`: "" = the config's lr; `seeds`). Each run lives in
 `<workdir>/runs/<task>/<preset>/lr<lr>/seed<seed>/`; one with `results.json` is finished and
-skipped. The aggregate (`table.py`) writes `<workdir>/<output>.md`, `.csv` and `.png`.
+skipped. A preempted run (SIGTERM) stops the sweep after its checkpoint; the rerun continues
+inside that run, from its last checkpoint. The aggregate (`table.py`) writes
+`<workdir>/<output>.md`, `.csv` and `.png`.
 """
 
 from __future__ import annotations
@@ -115,7 +117,12 @@ def run_sweep(
             print(f"sweep: run {i + 1}/{len(todo)} {r}")
             spec = task_spec(config_spec, r.task)
             run_cfg = load_config(spec, [*base_overrides, *r.overrides()])
-            finetune.run(run_cfg, r.dirname(root))
+            out = finetune.run(run_cfg, r.dirname(root))
+            if out["status"] != "done":  # preempted: its checkpoint is saved; a rerun resumes it
+                summary = {"runs": len(runs), "ran": len(ran), "status": out["status"],
+                           "interrupted": str(r)}  # fmt: skip
+                print(json.dumps(summary))
+                return summary
             ran.append(r)
     files = aggregate(root, [(r, r.dirname(root) / RESULTS) for r in runs], cfg.sweep.output)
     summary = {"runs": len(runs), "skipped": len(runs) - len(todo), "ran": len(ran), **files}

@@ -4,8 +4,12 @@ import csv
 import json
 import statistics
 
+import numpy as np
 import pytest
+from flax import traverse_util
 
+from bipft_jax.checkpoint import manager as ckpt_mod
+from bipft_jax.checkpoint import restore_params
 from bipft_jax.glue import sweep
 
 from .helpers import ROOT, TINY
@@ -85,7 +89,9 @@ def test_overrides_in_both_forms_reach_every_run(tmp_path, monkeypatch, capsys):
     from bipft_jax.glue import finetune
 
     seen = []
-    monkeypatch.setattr(finetune, "run", lambda cfg, workdir: seen.append(cfg))
+    monkeypatch.setattr(
+        finetune, "run", lambda cfg, workdir: seen.append(cfg) or {"status": "done"}
+    )
     monkeypatch.setattr(sweep, "aggregate", lambda *a: {})
     argv = [
         "--config", f"{ROOT}/configs/glue/bipft.py",
@@ -101,3 +107,36 @@ def test_overrides_in_both_forms_reach_every_run(tmp_path, monkeypatch, capsys):
     assert sweep.main([*argv, "--emit-commands"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "--config.train.lr=0.000123" in line and "--config.model.num_layers=1" in line
+
+
+def test_preempted_sweep_resumes_inside_the_unfinished_run(tmp_path, capsys, monkeypatch):
+    one = ["--config.sweep.tasks=rte", "--config.sweep.presets=bipft", "--config.sweep.seeds=1",
+           "--config.train.max_steps=6", "--config.train.eval_every=3",
+           "--config.train.save_every=2", "--config.train.async_checkpoint=false"]  # fmt: skip
+    assert sweep.main(_argv(tmp_path / "whole", *one)) == 0
+    calls = {"n": 0}
+
+    def preempt_at_step_4():
+        calls["n"] += 1
+        return calls["n"] == 4
+
+    monkeypatch.setattr(ckpt_mod, "preemption_requested", preempt_at_step_4)
+    assert sweep.main(_argv(tmp_path / "cut", *one)) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["status"] == "preempted" and out["ran"] == 0
+    run_dirs = list((tmp_path / "cut" / "runs").glob("*/*/*/*"))
+    assert len(run_dirs) == 1 and not (run_dirs[0] / "results.json").exists()
+    monkeypatch.undo()
+    assert sweep.main(_argv(tmp_path / "cut", *one)) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (again["ran"], again["skipped"]) == (1, 0)
+    # Continued inside the run: no step trained twice, and the same final params as unbroken.
+    metrics = (run_dirs[0] / "0_bipft" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(m)["step"] for m in metrics if "train/loss" in m]
+    assert steps.count(1) == 1 and max(steps) == 6, steps
+    flat = lambda d: traverse_util.flatten_dict(restore_params(str(d / "0_bipft" / "final")))  # noqa: E731
+    whole = flat(next((tmp_path / "whole" / "runs").glob("*/*/*/*")))
+    cut = flat(run_dirs[0])
+    assert whole.keys() == cut.keys()
+    for k in whole:
+        np.testing.assert_array_equal(np.asarray(whole[k]), np.asarray(cut[k]), err_msg=str(k))
