@@ -76,7 +76,7 @@ def _dev_logits(fn, dev: dict) -> np.ndarray:
     return out
 
 
-def deploy(final: Path, task: str, out: Path) -> dict:
+def deploy(final: Path, task: str, out: Path, max_length: int = 128) -> dict:
     """Export one run's final model and compare packed and fake-quant dev predictions."""
     from bipft_jax.checkpoint import restore_params
     from bipft_jax.checkpoint.model_card import read_model_card
@@ -96,7 +96,7 @@ def deploy(final: Path, task: str, out: Path) -> dict:
     packed = load_packed_model(packed_dir)
     spec = glue_data.resolve_task(task)
     dev = glue_data.load_split(
-        spec, "dev", BertTokenizer.from_vocab(str(default_vocab_file())), 128
+        spec, "dev", BertTokenizer.from_vocab(str(default_vocab_file())), max_length
     )
     model = BertForSequenceClassification(config, num_labels=num_labels)
     fake = jax.jit(
@@ -129,9 +129,9 @@ def deploy(final: Path, task: str, out: Path) -> dict:
     }
 
 
-def write(res: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "deploy_study.json").write_text(json.dumps(res, indent=2) + "\n")
+def write(res: dict, results: Path = RESULTS) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "deploy_study.json").write_text(json.dumps(res, indent=2) + "\n")
     lines = [
         "# Deploying the GLUE study's binary models as packed 1-bit files",
         "",
@@ -156,7 +156,7 @@ def write(res: dict) -> None:
             f"{r['max_abs_logit_diff']:.1e} | {r['same_predictions']} | {b['packed']:,} | "
             f"{b['packed_uncompressed']:,} | {b['fp32_params']:,} | {r['fp32_over_packed']:.1f}x |"
         )
-    (RESULTS / "deploy_study.md").write_text("\n".join(lines) + "\n")
+    (results / "deploy_study.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -165,6 +165,7 @@ def main() -> None:
     ap.add_argument("--records", default=str(RESULTS / "glue_study"), help="run records folder")
     ap.add_argument("--rows", default="bipft_b,bibert")
     ap.add_argument("--out", default="/tmp/deploy_study")
+    ap.add_argument("--results", default=str(RESULTS), help="where deploy_study.{json,md} go")
     a = ap.parse_args()
     records = [json.loads(p.read_text()) for p in sorted(Path(a.records).glob("*.json"))]
     res: dict = {"runs": []}
@@ -172,14 +173,15 @@ def main() -> None:
         for task, rec in sorted(best_runs(records, row).items()):
             stage = Path(a.study) / "runs" / rec["run"]
             final = next(stage.glob("0_*/final"))
+            max_length = json.loads((stage / "config.json").read_text())["train"]["max_length"]
             entry = {"row": row, "task": task, "seed": rec["seed"], "run": rec["run"]}
             try:
-                entry.update(deploy(final, task, Path(a.out) / rec["run"]))
+                entry.update(deploy(final, task, Path(a.out) / rec["run"], max_length))
             except Exception as e:  # a benchmark: report and go on with the others
                 entry["error"] = f"{type(e).__name__}: {e}"
             res["runs"].append(entry)
             print(json.dumps(entry), flush=True)
-            write(res)
+            write(res, Path(a.results))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ artifact.
 Sources: `--checkpoint WORKDIR` (an Orbax checkpoint from `bipft_jax.checkpoint`; its state
 holds `params`), `--params FILE` (`.msgpack` from `flax.serialization` or `.safetensors` with
 "/"-joined param paths) or `--hf-dir DIR` (a Hugging Face BERT directory). The model config is
-`--preset/--size` (+ `--set key=value`), or, for `--hf-dir`, its `config.json`.
+`--preset/--size` (+ `--set key=value`), or the `model_config.json` that `bipft pretrain`,
+`bipft finetune` and `bipft convert` write beside their checkpoints, or, for `--hf-dir`, its
+`config.json`.
 """
 
 from __future__ import annotations
@@ -86,11 +88,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _preset_config(args: argparse.Namespace) -> Any:
-    from bipft_jax.model.presets import get_model_config, parse_overrides
+    """The model config: `--preset/--size` (+ `--set`), else a `--checkpoint`'s model card."""
+    from bipft_jax.model.presets import apply_overrides, get_model_config, parse_overrides
 
-    if not args.preset or not args.size:
-        raise CliError("--preset and --size are required with --checkpoint/--params")
-    return get_model_config(args.preset, args.size, **parse_overrides(args.set))
+    if args.preset and args.size:
+        return get_model_config(args.preset, args.size, **parse_overrides(args.set))
+    if args.checkpoint and not (args.preset or args.size):
+        from bipft_jax.checkpoint.model_card import (
+            ModelCardError,
+            find_model_card,
+            read_model_card,
+        )
+
+        try:
+            config, _, card = read_model_card(find_model_card(args.checkpoint))
+        except ModelCardError as e:
+            raise CliError(f"{e}: pass --preset and --size") from None
+        args.preset = card.get("preset") or card.get("stage")  # recorded in the manifest
+        return apply_overrides(config, list(args.set)) if args.set else config
+    raise CliError(
+        "--preset and --size are required with --params (and with a --checkpoint without "
+        "model_config.json)"
+    )
 
 
 def load_checkpoint_params(workdir: str, step: int | None = None) -> Any:

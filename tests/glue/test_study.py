@@ -92,3 +92,16 @@ def test_tiny_study_end_to_end_with_interruptions(tmp_path):
     assert "BiPFT-B against pretraining tokens" in md and "FP sanity anchor" in md
     assert (tmp_path / "results" / "glue_study.png").stat().st_size > 1000
     assert all(r["command"].startswith("bipft ") for r in data["runs"])
+    # 4. Deployment: the best BiPFT-B run exported packed; its dev metric through packed_forward
+    # equals the fake-quant one (benchmarks/deploy_study.py, the script the study's models use).
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "deploy_study.py"), "--study",
+           str(tmp_path / "work"), "--records", str(tmp_path / "results" / "glue_study"),
+           "--rows", "bipft_b", "--out", str(tmp_path / "deploy"), "--results",
+           str(tmp_path / "deploy_results")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (run,) = json.loads((tmp_path / "deploy_results" / "deploy_study.json").read_text())["runs"]
+    assert "error" not in run, run["error"]
+    m = run["metrics"]
+    assert m["packed"]["main"] == m["fake_quant"]["main"] and run["same_predictions"], run
+    assert run["max_abs_logit_diff"] < 1e-3 and run["bytes"]["packed"] < run["bytes"]["fp32_params"]
