@@ -111,7 +111,7 @@ def run_sweep(
         for r in todo:
             print(command(r, root, config_spec, base_overrides))
         return {"runs": len(runs), "todo": len(todo)}
-    ran = []
+    ran: list[Run] = []
     if not aggregate_only:
         for i, r in enumerate(todo):
             print(f"sweep: run {i + 1}/{len(todo)} {r}")
