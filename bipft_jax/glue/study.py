@@ -6,8 +6,10 @@ The config lists tasks, seeds, rows and the binary-pretraining runs (see `config
 driver turns them into jobs (`bipft pretrain` / `bipft finetune` subprocesses, their commands
 recorded) and runs the unfinished ones in dependency order, one seed of every row before the next
 seed: FP first (its final models are the KD teachers and the students' initialisation), then
-pretraining, then the binary rows; the BiPFT-B pretraining curve last. After every finished run
-it writes the run's record to `<results>/<run>.json` and rebuilds `<results>.{md,json,png}`.
+the binary rows in config order, each BiPFT row's pretraining just before its first fine-tuning
+(the task-specific baselines land before the long pretraining runs); the BiPFT-B curve last.
+After every finished run it writes the run's record to `<results>/<run>.json` and rebuilds
+`<results>.{md,json,png}`.
 A rerun skips finished runs and resumes an interrupted one mid-run (each command resumes from its
 own checkpoints). SIGTERM is passed to the running job, which saves; the study then stops with
 exit code 0. `--commit` commits each run's record and the tables as they land.
@@ -61,12 +63,12 @@ class Job:
 def jobs(cfg: ConfigDict) -> list[Job]:
     """Every job, in the order they run (dependencies first)."""
     binary = [r for r in cfg.rows if r != "fp"]
-    pretrain = [Job("pretrain", row) for row in cfg.pretrain if row in cfg.rows]
     out = []
     for i, s in enumerate(cfg.seeds):  # every row's first seed before any row's second
         out += [Job("finetune", "fp", t, s) for t in cfg.tasks]
-        out += pretrain if i == 0 else []
-        out += [Job("finetune", r, t, s) for r in binary for t in cfg.tasks]
+        for r in binary:  # a pretraining runs just before the first row that needs it
+            out += [Job("pretrain", r)] if i == 0 and r in cfg.pretrain else []
+            out += [Job("finetune", r, t, s) for t in cfg.tasks]
     if "bipft_b" in cfg.rows:
         out += [Job("finetune", "bipft_b", t, s, f) for f in cfg.curve_fractions
                 for s in cfg.curve_seeds for t in cfg.tasks]  # fmt: skip

@@ -5,10 +5,11 @@
 Runs, one seed of every row before the next seed, each resumable and skipped once finished:
   1. FP MiniLM fine-tuned on every task and seed (also the KD teachers and the BiBERT/BiT
      students' initialisation);
-  2. binary pretraining of BiPFT-B (with estimators) and BiPFT-A (without), `pretrain_steps` of
-     32 x 128 tokens on the shared corpus from MiniLM (the main job's recipe, longer);
-  3. the binary rows (BiBERT, BiT, BiPFT-A, BiPFT-B) on every task and seed: one fine-tuning
+  2. the binary rows (BiBERT, BiT, BiPFT-A, BiPFT-B) on every task and seed: one fine-tuning
      budget and lr for all of them (configs/glue/study_minilm.py);
+  3. before a BiPFT row's first fine-tuning, its binary pretraining (BiPFT-A without estimators,
+     BiPFT-B with), `pretrain_steps` of 32 x 128 tokens on the shared corpus from MiniLM (the
+     main job's recipe, longer);
   4. the pretraining curve of BiPFT-B: fine-tuned from MiniLM without binary pretraining and from
      the checkpoints at 1/4 and 1/2 of the budget, `curve_seeds` seeds.
 Results: `benchmarks/results/glue_study.{md,json,png}` and one file per finished run in

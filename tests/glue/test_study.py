@@ -30,6 +30,12 @@ def test_jobs_order_dependencies_and_commands(tmp_path):
     assert names == ["fp__rte__s1", "pretrain__bipft_b", "bipft_b__rte__s1", "fp__rte__s2",
                      "bipft_b__rte__s2", "bipft_b@0__rte__s1", "bipft_b@0.5__rte__s1"]  # fmt: skip
     full = load_config(f"{ROOT}/configs/study/minilm.py")
+    order = [j.name for j in study.jobs(full)]
+    # task-specific rows first; each pretraining just before its row's first fine-tuning
+    assert order.index("bit__rte__s1") < order.index("pretrain__bipft_a")
+    assert order.index("pretrain__bipft_a") + 1 == order.index("bipft_a__cola__s1")
+    assert order.index("bipft_a__rte__s1") + 1 == order.index("pretrain__bipft_b")
+    assert order.index("bipft_b__rte__s1") < order.index("fp__cola__s2")
     by_name = {j.name: j for j in study.jobs(full)}
     bit = study.command(by_name["bit__stsb__s2"], full, tmp_path)
     fp_final = f"{tmp_path}/runs/fp__stsb__s2/0_fp/final"
