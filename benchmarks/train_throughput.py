@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from binary_linear import cpu_info  # noqa: E402
+from synthetic import random_pretrain_batch  # noqa: E402
 
 from bipft_jax.losses import mlm_loss, nsp_loss  # noqa: E402
 from bipft_jax.model.bert import BertForPreTraining  # noqa: E402
@@ -34,19 +35,6 @@ from bipft_jax.train.loop import init_train_state, jit_step, make_train_step  # 
 from bipft_jax.train.optim import make_optimizer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def make_batch(batch: int, seq: int, vocab: int) -> dict:
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1000, vocab, size=(batch, seq), dtype=np.int32)
-    labels = np.where(rng.random((batch, seq)) < 0.15, ids, -100).astype(np.int32)
-    return {
-        "input_ids": ids,
-        "token_type_ids": np.zeros((batch, seq), np.int32),
-        "attention_mask": np.ones((batch, seq), np.int32),
-        "mlm_labels": labels,
-        "next_sentence_label": rng.integers(0, 2, size=(batch,), dtype=np.int32),
-    }
 
 
 def build(method: str, size: str, batch: dict):
@@ -71,7 +59,7 @@ def build(method: str, size: str, batch: dict):
 
 
 def bench_size(size: str, batch_size: int, seq: int, rounds: int) -> dict:
-    batch = make_batch(batch_size, seq, 30522)
+    batch = random_pretrain_batch(batch_size, seq, max(1, round(0.15 * seq)))
     runs = {}
     for method in METHODS:
         step, state, b = build(method, size, batch)

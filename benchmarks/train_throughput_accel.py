@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from synthetic import random_pretrain_batch
 
 from bipft_jax.model.bert import BertForPreTraining
 from bipft_jax.parallel import get_rules, make_mesh, shard_host_batch
@@ -55,28 +56,12 @@ def config(
     return c
 
 
-def random_batch(batch: int, seq: int, n_pred: int, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, 30000, (batch, seq), dtype=np.int32)
-    labels = np.full((batch, seq), -100, np.int32)
-    for row in range(batch):
-        pos = rng.choice(np.arange(1, seq - 1), n_pred, replace=False)
-        labels[row, pos] = ids[row, pos]
-    return {
-        "input_ids": ids,
-        "token_type_ids": np.zeros_like(ids),
-        "attention_mask": np.ones_like(ids),
-        "mlm_labels": labels,
-        "next_sentence_label": rng.integers(0, 2, batch).astype(np.int32),
-    }
-
-
 def bench(method: str, teacher: bool, batch: int, seq: int, steps: int, size: str) -> dict:
     c = config(method, teacher, batch, seq, size)
     mesh, rules = make_mesh({"data": 1}, jax.devices()[:1]), get_rules("dp")
     cfg = _student_config(c, 30522)
     student = BertForPreTraining(cfg)
-    host = random_batch(batch, seq, 20)
+    host = random_pretrain_batch(batch, seq, 20)
     ids = jnp.asarray(host["input_ids"][:1])
     t_model, t_params, t_sh, _ = build_teacher(c, cfg, mesh, rules, ids)
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from synthetic import random_pretrain_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -37,24 +38,14 @@ SIZES = dict(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536
 B, L, N_PRED = 32, 128, 20
 
 
-def _batch(seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, 30000, (B, L)).astype(np.int32)
-    labels = np.full((B, L), -100, np.int32)
-    for r in range(B):
-        pos = rng.choice(np.arange(1, L - 1), N_PRED, replace=False)
-        labels[r, pos] = ids[r, pos]
-    return {
-        "input_ids": ids,
-        "token_type_ids": np.zeros_like(ids),
-        "attention_mask": np.ones_like(ids),
-        "mlm_labels": labels,
-        "next_sentence_label": rng.integers(0, 2, B).astype(np.int32),
-        "labels": rng.integers(0, 2, B).astype(np.int32),
-    }
-
-
 # ----------------------------------------------------------------------------- PyTorch side
+
+
+def _torch_batch() -> dict:
+    import torch
+
+    return {k: torch.as_tensor(v, dtype=torch.long)
+            for k, v in random_pretrain_batch(B, L, N_PRED).items()}  # fmt: skip
 
 
 def torch_finetune_step() -> Callable[[], None]:
@@ -66,7 +57,7 @@ def torch_finetune_step() -> Callable[[], None]:
     )
     model = BertForSequenceClassification(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
-    b = {k: torch.as_tensor(v, dtype=torch.long) for k, v in _batch().items()}
+    b = _torch_batch()
 
     def step():
         out = model(
@@ -92,7 +83,7 @@ def torch_pretrain_step() -> Callable[[], None]:
     student = BertForPreTraining(cfg).train()
     teacher = BertModel(cfg).eval()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.01)
-    b = {k: torch.as_tensor(v, dtype=torch.long) for k, v in _batch().items()}
+    b = _torch_batch()
     mse = torch.nn.MSELoss()
 
     def step():
@@ -135,7 +126,7 @@ def jax_finetune_step(method: str) -> Callable[[], None]:
 
     model = BertForSequenceClassification(get_model_config(method, "base", **SIZES), num_labels=2)
     mesh, rules = make_mesh({"data": 1}, jax.devices()[:1]), get_rules("dp")
-    host = _batch()
+    host = random_pretrain_batch(B, L, N_PRED)
     ids = jnp.asarray(host["input_ids"][:1])
 
     def loss_fn(params, batch, rng):
@@ -196,7 +187,7 @@ def jax_pretrain_step(method: str, n_pred: int) -> Callable[[], None]:
     mesh, rules = make_mesh({"data": 1}, jax.devices()[:1]), get_rules("dp")
     cfg = _student_config(c, 30522)
     student = BertForPreTraining(cfg)
-    host = _batch()
+    host = random_pretrain_batch(B, L, N_PRED)
     ids = host["input_ids"][:1]
     teacher, t_params, t_sh, _ = build_teacher(c, cfg, mesh, rules, ids)
     tx = make_optimizer(

@@ -1,0 +1,24 @@
+"""Random pretraining batches for the speed benchmarks (timing does not depend on the values)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def random_pretrain_batch(batch: int, seq: int, n_pred: int, seed: int = 0) -> dict:
+    """An MLM + NSP batch: token ids in [1000, 30000), ``n_pred`` masked positions per row
+    (never the first or last), binary NSP and sequence-classification labels, no padding."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 30000, (batch, seq), dtype=np.int32)
+    labels = np.full((batch, seq), -100, np.int32)
+    for row in range(batch):
+        pos = rng.choice(np.arange(1, seq - 1), n_pred, replace=False)
+        labels[row, pos] = ids[row, pos]
+    return {
+        "input_ids": ids,
+        "token_type_ids": np.zeros_like(ids),
+        "attention_mask": np.ones_like(ids),
+        "mlm_labels": labels,
+        "next_sentence_label": rng.integers(0, 2, batch).astype(np.int32),
+        "labels": rng.integers(0, 2, batch).astype(np.int32),
+    }
