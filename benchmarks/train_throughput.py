@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -25,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from binary_linear import cpu_info  # noqa: E402
-from synthetic import random_pretrain_batch  # noqa: E402
+from common import interleaved, random_pretrain_batch  # noqa: E402
 
 from bipft_jax.losses import mlm_loss, nsp_loss  # noqa: E402
 from bipft_jax.model.bert import BertForPreTraining  # noqa: E402
@@ -60,23 +59,17 @@ def build(method: str, size: str, batch: dict):
 
 def bench_size(size: str, batch_size: int, seq: int, rounds: int) -> dict:
     batch = random_pretrain_batch(batch_size, seq, max(1, round(0.15 * seq)))
-    runs = {}
+    calls = {}
     for method in METHODS:
         step, state, b = build(method, size, batch)
-        t0 = time.perf_counter()
-        state, m = step(state, b)
-        jax.block_until_ready(m)
-        compile_s = time.perf_counter() - t0
-        state, m = step(state, b)  # warm-up
-        jax.block_until_ready(m)
-        runs[method] = {"step": step, "state": state, "batch": b, "compile_s": compile_s}
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for method, r in runs.items():
-            t0 = time.perf_counter()
-            r["state"], m = r["step"](r["state"], r["batch"])
+        run = {"state": state}
+
+        def call(step=step, b=b, run=run) -> None:
+            run["state"], m = step(run["state"], b)
             jax.block_until_ready(m)
-            times[method].append(time.perf_counter() - t0)
+
+        calls[method] = call
+    times, first = interleaved(calls, rounds)
     fp = float(np.median(times["fp"]))
     out = {}
     for method, ts in times.items():
@@ -86,9 +79,9 @@ def bench_size(size: str, batch_size: int, seq: int, rounds: int) -> dict:
             "min_step_s": float(np.min(ts)),
             "tokens_per_s": batch_size * seq / med,
             "ratio_to_fp": med / fp,
-            "compile_plus_first_step_s": runs[method]["compile_s"],
+            "compile_plus_first_step_s": first[method],
         }
-    del runs
+    del calls
     return out
 
 

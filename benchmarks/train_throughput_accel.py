@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from synthetic import random_pretrain_batch
+from common import random_pretrain_batch
 
 from bipft_jax.model.bert import BertForPreTraining
 from bipft_jax.parallel import get_rules, make_mesh, shard_host_batch

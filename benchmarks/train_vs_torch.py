@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from synthetic import random_pretrain_batch
+from common import interleaved, random_pretrain_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -222,20 +222,9 @@ def jax_pretrain_step(method: str, n_pred: int) -> Callable[[], None]:
 # ----------------------------------------------------------------------------- timing
 
 
-def interleaved(contenders: dict[str, Callable[[], None]], rounds: int) -> dict:
-    """Compile/warm every contender, then time one call of each per round; medians."""
-    first = {}
-    for name, fn in contenders.items():
-        t0 = time.perf_counter()
-        fn()
-        first[name] = time.perf_counter() - t0
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+def interleaved_vs_torch(contenders: dict[str, Callable[[], None]], rounds: int) -> dict:
+    """Medians of interleaved rounds, each contender against the "torch" one."""
+    times, first = interleaved(contenders, rounds)
     ref = statistics.median(times["torch"])
     return {
         name: {
@@ -421,13 +410,13 @@ def main() -> None:
     if "finetune" in parts:
         contenders = {"torch": torch_finetune_step()}
         contenders.update({f"bipft_jax {m}": jax_finetune_step(m) for m in methods})
-        res["finetune"] = interleaved(contenders, a.rounds)
+        res["finetune"] = interleaved_vs_torch(contenders, a.rounds)
         write(res)
     if "pretrain" in parts:
         contenders = {"torch": torch_pretrain_step()}
         contenders["bipft_jax fp, MLM on all 128 positions"] = jax_pretrain_step("fp", L)
         contenders.update({f"bipft_jax {m}": jax_pretrain_step(m, N_PRED) for m in methods})
-        res["pretrain"] = interleaved(contenders, a.rounds)
+        res["pretrain"] = interleaved_vs_torch(contenders, a.rounds)
         write(res)
     if "glue" in parts:
         minilm = resolve_model_dir("minilm")
