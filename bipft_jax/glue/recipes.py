@@ -8,32 +8,21 @@ from __future__ import annotations
 
 import ml_collections
 
-# task: (epochs, max_length, batch_size, lr, eval_every)
-_BIT = {
-    "cola": (50, 64, 16, 5e-4, 100),
-    "mnli": (6, 128, 16, 2e-4, 100),
-    "mrpc": (20, 128, 8, 5e-4, 100),
-    "sst2": (10, 64, 8, 1e-4, 100),
-    "stsb": (20, 128, 8, 5e-4, 100),
-    "qqp": (6, 128, 32, 2e-4, 100),
-    "qnli": (10, 128, 8, 2e-4, 100),
-    "rte": (20, 128, 8, 5e-4, 100),
-}
-_BIBERT = {
-    "cola": (50, 64, 16, 1e-4, 500),
-    "mnli": (5, 128, 16, 5e-5, 1000),
-    "mrpc": (20, 128, 16, 2e-4, 200),
-    "sst2": (10, 64, 16, 1e-4, 200),
-    "stsb": (20, 128, 16, 1e-4, 200),
-    "qqp": (5, 128, 16, 1e-4, 1000),
-    "qnli": (10, 128, 16, 1e-4, 1000),
-    "rte": (20, 128, 16, 1e-5, 200),
-}
-_BIPFT_EPOCHS = {"cola": 50, "mnli": 6, "mrpc": 20, "sst2": 10, "stsb": 20, "qqp": 6,
-                 "qnli": 10, "rte": 20}  # fmt: skip
-# BiPFT evaluates once per epoch (eval_every=0 means "each epoch").
-_BIPFT = {t: (e, 128, 32, 2e-5, 0) for t, e in _BIPFT_EPOCHS.items()}
-RECIPES = {"bit": _BIT, "bibert": _BIBERT, "bipft": _BIPFT}
+PAPERS = ("bit", "bibert", "bipft")
+# One row per task, one (epochs, max_length, batch_size, lr, eval_every) per paper;
+# eval_every=0 means once per epoch (BiPFT's evaluation).
+_TABLE = {
+    #       BiT                          BiBERT                        BiPFT
+    "cola": ((50, 64, 16, 5e-4, 100), (50, 64, 16, 1e-4, 500), (50, 128, 32, 2e-5, 0)),
+    "mnli": ((6, 128, 16, 2e-4, 100), (5, 128, 16, 5e-5, 1000), (6, 128, 32, 2e-5, 0)),
+    "mrpc": ((20, 128, 8, 5e-4, 100), (20, 128, 16, 2e-4, 200), (20, 128, 32, 2e-5, 0)),
+    "sst2": ((10, 64, 8, 1e-4, 100), (10, 64, 16, 1e-4, 200), (10, 128, 32, 2e-5, 0)),
+    "stsb": ((20, 128, 8, 5e-4, 100), (20, 128, 16, 1e-4, 200), (20, 128, 32, 2e-5, 0)),
+    "qqp": ((6, 128, 32, 2e-4, 100), (5, 128, 16, 1e-4, 1000), (6, 128, 32, 2e-5, 0)),
+    "qnli": ((10, 128, 8, 2e-4, 100), (10, 128, 16, 1e-4, 1000), (10, 128, 32, 2e-5, 0)),
+    "rte": ((20, 128, 8, 5e-4, 100), (20, 128, 16, 1e-5, 200), (20, 128, 32, 2e-5, 0)),
+}  # fmt: skip
+RECIPES = {p: {task: rows[i] for task, rows in _TABLE.items()} for i, p in enumerate(PAPERS)}
 FIELDS = ("epochs", "max_length", "batch_size", "lr", "eval_every")
 
 
