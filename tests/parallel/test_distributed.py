@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,15 +11,10 @@ import numpy as np
 import pytest
 
 from bipft_jax.parallel.distributed import EXIT_CODE_TIMEOUT, maybe_initialize_distributed
+from tests.multiprocess import free_port
 from tests.parallel import dist_worker
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _spawn(addr: str, nproc: int, pid: int, timeout_s: int, *extra: str) -> subprocess.Popen:
@@ -38,7 +32,7 @@ def _spawn(addr: str, nproc: int, pid: int, timeout_s: int, *extra: str) -> subp
 
 
 def test_two_processes_agree_with_single_process_sum_and_share_a_checkpoint(tmp_path):
-    addr = f"127.0.0.1:{_free_port()}"
+    addr = f"127.0.0.1:{free_port()}"
     procs = [_spawn(addr, 2, pid, 60, "--ckpt_dir", str(tmp_path)) for pid in range(2)]
     outs = []
     for p in procs:
@@ -57,7 +51,7 @@ def test_two_processes_agree_with_single_process_sum_and_share_a_checkpoint(tmp_
 
 def test_coordinator_alone_exits_with_clear_error_in_time():
     start = time.monotonic()
-    p = _spawn(f"127.0.0.1:{_free_port()}", 2, 0, 3)
+    p = _spawn(f"127.0.0.1:{free_port()}", 2, 0, 3)
     _, err = p.communicate(timeout=90)
     assert p.returncode == EXIT_CODE_TIMEOUT, err[-3000:]
     assert "not all 2 processes joined" in err
@@ -66,7 +60,7 @@ def test_coordinator_alone_exits_with_clear_error_in_time():
 
 
 def test_worker_without_coordinator_raises_clear_error():
-    p = _spawn(f"127.0.0.1:{_free_port()}", 2, 1, 2)
+    p = _spawn(f"127.0.0.1:{free_port()}", 2, 1, 2)
     _, err = p.communicate(timeout=90)
     assert p.returncode == 1
     assert "DistributedInitError: process 1 of 2: the coordinator 127.0.0.1:" in err

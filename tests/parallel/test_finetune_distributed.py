@@ -3,13 +3,14 @@ train like one process holding both devices: same losses, same dev metrics, one 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.multiprocess import run_processes
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -20,12 +21,6 @@ TINY = [
 ]  # fmt: skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_data")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cmd(workdir: Path, *extra: str) -> list[str]:
@@ -48,30 +43,7 @@ def test_two_processes_train_like_one(tmp_path):
     one = subprocess.run(_cmd(tmp_path / "one"), env=_env(2), cwd=REPO, capture_output=True,
                          text=True, timeout=300)  # fmt: skip
     assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
-    addr = f"127.0.0.1:{_free_port()}"
-    procs = [
-        subprocess.Popen(
-            _cmd(
-                tmp_path / "two",
-                "--distributed",
-                "--coordinator_address",
-                addr,
-                "--num_processes",
-                "2",
-                "--process_id",
-                str(pid),
-            ),
-            env=_env(1),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for pid in range(2)
-    ]
-    for p in procs:
-        out, _ = p.communicate(timeout=300)
-        assert p.returncode == 0, out[-3000:]
+    run_processes(lambda *flags: _cmd(tmp_path / "two", *flags), lambda i: _env(1), timeout=300)
     a, b = tmp_path / "one" / "0_fp", tmp_path / "two" / "0_fp"
     assert len(_losses(a)) == 4
     np.testing.assert_allclose(_losses(b), _losses(a), rtol=1e-5)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.multiprocess import REPO, free_port
 from tests.parallel import dist_worker
-from tests.parallel.test_distributed import REPO, _free_port
 
 FAKE_SRUN = r"""#!/usr/bin/env python3
 # Emulates `srun --export=ALL,K=V,... CMD...` for SLURM_NTASKS tasks on this machine.
@@ -75,7 +75,7 @@ def test_local_multiprocess_runs_two_processes(tmp_path):
         "launch/local_multiprocess.sh",
         ["2", "--", "--distributed_timeout_s", "60"],
         tmp_path,
-        PORT=str(_free_port()),
+        PORT=str(free_port()),
         LOG_DIR=str(tmp_path / "logs"),
         BIPFT_CMD=f"{sys.executable} -m tests.parallel.dist_worker",
     )
@@ -100,7 +100,7 @@ def test_local_multiprocess_reports_a_failed_process(tmp_path):
 
 
 def test_slurm_script_starts_one_process_per_task(tmp_path):
-    port = _free_port()
+    port = free_port()
     p = _run(
         "launch/slurm_gpu.sbatch",
         ["--distributed_timeout_s", "60"],

@@ -3,7 +3,6 @@ and a two-process run on 127.0.0.1 agrees with one process."""
 
 import json
 import signal
-import socket
 import subprocess
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from bipft_jax import cli
 from bipft_jax.train import pretrain
+from tests.multiprocess import run_processes
 from tests.train.cli_runs import REPO, command, env, run
 
 
@@ -73,12 +73,6 @@ def test_missing_config_file_and_workdir(tmp_path, capsys):
     assert "--workdir" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_agree_with_one(tmp_path, shared_data):
     """2 processes x 2 devices (gloo) vs 1 process x 4 devices, same global batch and mesh:
     every logged loss agrees to rtol 1e-5. Dropout is off: the device order of a 2-process mesh
@@ -94,33 +88,9 @@ def test_two_processes_agree_with_one(tmp_path, shared_data):
     one = subprocess.run(command(tmp_path / "one", *opts), cwd=REPO, capture_output=True,
                          text=True, env=env(tmp_path / "c1", devices=4), timeout=400)  # fmt: skip
     assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-3000:]
-    addr = f"127.0.0.1:{_free_port()}"
-    procs = [
-        subprocess.Popen(
-            command(
-                tmp_path / "two",
-                *opts,
-                "--distributed",
-                "--coordinator_address",
-                addr,
-                "--num_processes",
-                "2",
-                "--process_id",
-                str(i),
-                "--distributed_timeout_s",
-                "120",
-            ),
-            cwd=REPO,
-            env=env(tmp_path / f"c2{i}", devices=2),
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        for i in range(2)
-    ]
-    for p in procs:
-        out, err = p.communicate(timeout=400)
-        assert p.returncode == 0, out[-2000:] + err[-3000:]
+    run_processes(lambda *flags: command(tmp_path / "two", *opts, *flags),
+                  lambda i: env(tmp_path / f"c2{i}", devices=2),
+                  extra=("--distributed_timeout_s", "120"))  # fmt: skip
     a, b = _rows(tmp_path / "one"), _rows(tmp_path / "two")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
     for ra, rb in zip(a, b, strict=True):
