@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -45,23 +43,13 @@ def best_runs(records: list[dict], row: str) -> dict[str, dict]:
 
 
 def _export(final: Path, out: Path, compress: bool) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "bipft_jax.cli",
-        "export",
-        "--format",
-        "packed",
-        "--checkpoint",
-        str(final),
-        "--out",
-        str(out),
-    ]
-    if not compress:
-        cmd.append("--no-compress")
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd)}\n{done.stdout[-1500:]}{done.stderr[-1500:]}")
+    """`bipft export --format packed` exactly as a user types it (in this process)."""
+    from bipft_jax import cli
+
+    argv = ["export", "--format", "packed", "--checkpoint", str(final), "--out", str(out)]
+    argv += [] if compress else ["--no-compress"]
+    if cli.main(argv):  # user errors are one line on stderr and a non-zero code
+        raise RuntimeError(f"bipft {' '.join(argv)} failed (see the line above)")
 
 
 def _dev_logits(fn, dev: dict) -> np.ndarray:

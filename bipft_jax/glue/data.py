@@ -108,8 +108,11 @@ def train_batch(
     process_index: int = 0,
     process_count: int = 1,
     group_by_length: int = 0,
+    cache: dict | None = None,
 ) -> dict[str, np.ndarray]:
-    """This process's rows of global train batch ``step`` (see the module docstring)."""
+    """This process's rows of global train batch ``step`` (see the module docstring). ``cache``
+    (a dict owned by the caller, one per ``data``/seed) keeps the lengths and the current epoch's
+    batch order between calls."""
     n = len(data["labels"])
     per_epoch = steps_per_epoch(n, batch_size)
     if per_epoch == 0:
@@ -117,10 +120,15 @@ def train_batch(
     if batch_size % process_count:
         raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
     epoch, i = divmod(step, per_epoch)
-    lengths = data["attention_mask"].sum(1)
-    idx = epoch_batches(lengths, batch_size, seed, epoch, group_by_length)[i]
-    longest = int(data["attention_mask"][idx].sum(1).max())
-    length = bucket_length(longest, pad_multiple, data["input_ids"].shape[1])
+    cache = {} if cache is None else cache
+    if "lengths" not in cache:
+        cache["lengths"] = data["attention_mask"].sum(1)
+    lengths = cache["lengths"]
+    if cache.get("epoch") != epoch:
+        cache["epoch"] = epoch
+        cache["batches"] = epoch_batches(lengths, batch_size, seed, epoch, group_by_length)
+    idx = cache["batches"][i]
+    length = bucket_length(int(lengths[idx].max()), pad_multiple, data["input_ids"].shape[1])
     local = batch_size // process_count
     idx = idx[process_index * local : (process_index + 1) * local]
     return _cut({k: v[idx] for k, v in data.items()}, length)
@@ -130,9 +138,9 @@ def train_batches(
     data: dict[str, np.ndarray], batch_size: int, seed: int, start_step: int = 0, **kw
 ) -> Iterator[dict[str, np.ndarray]]:
     """``train_batch`` for ``start_step``, ``start_step + 1``, ... (endless)."""
-    step = start_step
+    step, cache = start_step, {}
     while True:
-        yield train_batch(data, batch_size, seed, step, **kw)
+        yield train_batch(data, batch_size, seed, step, cache=cache, **kw)
         step += 1
 
 

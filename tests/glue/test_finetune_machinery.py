@@ -66,6 +66,26 @@ def test_bucket_length_and_train_batches_are_cut_and_deterministic():
     assert {h["input_ids"].shape[1] for h in halves} == {width}
 
 
+@pytest.mark.parametrize("group", [0, 3])
+def test_train_batches_stream_equals_single_batches_across_epochs(group):
+    rng = np.random.default_rng(2)
+    n, length = 70, 48
+    mask = (np.arange(length)[None] < rng.integers(3, length, n)[:, None]).astype(np.int32)
+    data = {"input_ids": mask * np.arange(1, n + 1)[:, None], "token_type_ids": mask * 0,
+            "attention_mask": mask, "labels": np.arange(n, dtype=np.int32)}  # fmt: skip
+    per_epoch = n // 8  # 8 batches; steps 5..20 cross two epoch boundaries
+    stream = glue_data.train_batches(data, 8, 3, 5, pad_multiple=16, group_by_length=group)
+    seen = []
+    for step in range(5, 21):
+        got, want = next(stream), glue_data.train_batch(data, 8, 3, step, 16,
+                                                         group_by_length=group)  # fmt: skip
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{k} step {step}")
+        seen.append(got["labels"])
+    epoch1 = np.concatenate(seen[per_epoch - 5 : 2 * per_epoch - 5])
+    assert len(set(epoch1.tolist())) == per_epoch * 8  # every row of epoch 1 once
+
+
 def test_group_by_length_sees_every_row_once_and_pads_less():
     rng = np.random.default_rng(1)
     lengths = rng.integers(3, 128, 1000)
