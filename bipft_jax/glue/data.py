@@ -138,7 +138,8 @@ def train_batches(
     data: dict[str, np.ndarray], batch_size: int, seed: int, start_step: int = 0, **kw
 ) -> Iterator[dict[str, np.ndarray]]:
     """``train_batch`` for ``start_step``, ``start_step + 1``, ... (endless)."""
-    step, cache = start_step, {}
+    step = start_step
+    cache: dict = {}
     while True:
         yield train_batch(data, batch_size, seed, step, cache=cache, **kw)
         step += 1

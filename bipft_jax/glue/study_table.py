@@ -134,15 +134,14 @@ def _avg(summary: dict, row: str) -> dict | None:
 
 def verdict(summary: dict) -> str:
     """Honest sentences on each BiPFT row against the best task-specific binary row."""
-    rivals = {r: _avg(summary, r) for r in ("bibert", "bit") if _avg(summary, r)}
-    rows = [r for r in PAPER_GAINS if _avg(summary, r)]
+    rivals = {r: s for r in ("bibert", "bit") if (s := _avg(summary, r))}
+    rows = {r: s for r in PAPER_GAINS if (s := _avg(summary, r))}
     if not rivals or not rows:
         return "Not enough finished runs yet to compare BiPFT with task-specific binarization."
     best = max(rivals, key=lambda r: rivals[r]["median"])
     rival = rivals[best]
     out = []
-    for row in rows:
-        own = _avg(summary, row)
+    for row, own in rows.items():
         gap = own["median"] - rival["median"]
         word = "beats" if gap > 0 else "does not beat"
         overlap = own["min"] <= rival["max"] and rival["min"] <= own["max"]
