@@ -227,10 +227,14 @@ def run_study(cfg: ConfigDict, workdir: str | Path, *, commit: bool = False,
             print(shlex.join(command(j, cfg, root)))
         return {"jobs": len(all_jobs), "todo": len(todo)}
     root.mkdir(parents=True, exist_ok=True)
+    _STOP["flag"] = False
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     where, ran, status = machine(), [], "done"
     try:
         for i, job in enumerate(todo):
+            if _STOP["flag"]:  # SIGTERM between two jobs: do not start the next one
+                status = "preempted"
+                break
             cmd = command(job, cfg, root)
             print(f"study: job {i + 1}/{len(todo)} {job.name}: {shlex.join(cmd)}", flush=True)
             t0 = time.time()

@@ -111,3 +111,26 @@ def test_tiny_study_end_to_end_with_interruptions(tmp_path):
     m = run["metrics"]
     assert m["packed"]["main"] == m["fake_quant"]["main"] and run["same_predictions"], run
     assert run["max_abs_logit_diff"] < 1e-3 and run["bytes"]["packed"] < run["bytes"]["fp32_params"]
+
+
+def test_sigterm_between_jobs_starts_no_further_job(tmp_path, monkeypatch):
+    """A SIGTERM that lands after one job finished and before the next started (nothing running
+    to forward it to) stops the study before the next job, which would otherwise run to its end."""
+    cfg = _cfg(tmp_path)
+    started = []
+
+    def fake_run(cmd, log):
+        started.append(cmd[1])
+        return 0
+
+    def after_first_job(results, cfg):
+        study._on_sigterm(signal.SIGTERM, None)  # the signal arrives while the tables are rebuilt
+        return []
+
+    monkeypatch.setattr(study, "_run", fake_run)
+    monkeypatch.setattr(study, "is_done", lambda job, cfg, root: bool(started))
+    monkeypatch.setattr(study, "record", lambda *a: {})
+    monkeypatch.setattr(study, "build_tables", after_first_job)
+    summary = study.run_study(cfg, tmp_path / "work")
+    assert started == ["finetune"] and summary["status"] == "preempted", (started, summary)
+    assert summary["ran"] == ["fp__rte__s1"]
