@@ -99,6 +99,32 @@ def epoch_batches(
     return order.reshape(per_epoch, batch_size)
 
 
+class EpochOrder:
+    """The batch order of one training set and seed: row lengths computed once, the current
+    epoch's batches (``epoch_batches``) kept until the step moves to the next epoch."""
+
+    def __init__(
+        self, data: dict[str, np.ndarray], batch_size: int, seed: int, group_by_length: int = 0
+    ):
+        n = len(data["labels"])
+        self.per_epoch = steps_per_epoch(n, batch_size)
+        if self.per_epoch == 0:
+            raise ValueError(f"training set has {n} rows, fewer than batch_size={batch_size}")
+        self.lengths = data["attention_mask"].sum(1)
+        self.batch_size, self.seed, self.group_by_length = batch_size, seed, group_by_length
+        self._epoch, self._batches = -1, np.zeros((0, batch_size), np.int64)
+
+    def rows(self, step: int) -> np.ndarray:
+        """Row ids of global batch ``step``."""
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._batches = epoch_batches(
+                self.lengths, self.batch_size, self.seed, epoch, self.group_by_length
+            )
+        return self._batches[i]
+
+
 def train_batch(
     data: dict[str, np.ndarray],
     batch_size: int,
@@ -108,27 +134,15 @@ def train_batch(
     process_index: int = 0,
     process_count: int = 1,
     group_by_length: int = 0,
-    cache: dict | None = None,
+    order: EpochOrder | None = None,
 ) -> dict[str, np.ndarray]:
-    """This process's rows of global train batch ``step`` (see the module docstring). ``cache``
-    (a dict owned by the caller, one per ``data``/seed) keeps the lengths and the current epoch's
-    batch order between calls."""
-    n = len(data["labels"])
-    per_epoch = steps_per_epoch(n, batch_size)
-    if per_epoch == 0:
-        raise ValueError(f"training set has {n} rows, fewer than batch_size={batch_size}")
+    """This process's rows of global train batch ``step`` (see the module docstring). Pass the
+    ``order`` of ``data`` (same batch size, seed and grouping) to reuse it between calls."""
     if batch_size % process_count:
         raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
-    epoch, i = divmod(step, per_epoch)
-    cache = {} if cache is None else cache
-    if "lengths" not in cache:
-        cache["lengths"] = data["attention_mask"].sum(1)
-    lengths = cache["lengths"]
-    if cache.get("epoch") != epoch:
-        cache["epoch"] = epoch
-        cache["batches"] = epoch_batches(lengths, batch_size, seed, epoch, group_by_length)
-    idx = cache["batches"][i]
-    length = bucket_length(int(lengths[idx].max()), pad_multiple, data["input_ids"].shape[1])
+    order = order or EpochOrder(data, batch_size, seed, group_by_length)
+    idx = order.rows(step)
+    length = bucket_length(int(order.lengths[idx].max()), pad_multiple, data["input_ids"].shape[1])
     local = batch_size // process_count
     idx = idx[process_index * local : (process_index + 1) * local]
     return _cut({k: v[idx] for k, v in data.items()}, length)
@@ -138,10 +152,10 @@ def train_batches(
     data: dict[str, np.ndarray], batch_size: int, seed: int, start_step: int = 0, **kw
 ) -> Iterator[dict[str, np.ndarray]]:
     """``train_batch`` for ``start_step``, ``start_step + 1``, ... (endless)."""
+    order = EpochOrder(data, batch_size, seed, kw.get("group_by_length", 0))
     step = start_step
-    cache: dict = {}
     while True:
-        yield train_batch(data, batch_size, seed, step, cache=cache, **kw)
+        yield train_batch(data, batch_size, seed, step, order=order, **kw)
         step += 1
 
 
@@ -170,10 +184,10 @@ def padded_fraction(
     data: dict[str, np.ndarray], batch_size: int, pad_multiple: int, group_by_length: int = 0
 ) -> float:
     """Share of padding tokens in one epoch of train batches (a cost figure for the logs)."""
-    steps = steps_per_epoch(len(data["labels"]), batch_size)
+    order = EpochOrder(data, batch_size, 0, group_by_length)
     real = total = 0
-    for step in range(steps):
-        b = train_batch(data, batch_size, 0, step, pad_multiple, group_by_length=group_by_length)
+    for step in range(order.per_epoch):
+        b = train_batch(data, batch_size, 0, step, pad_multiple, order=order)
         real += int(b["attention_mask"].sum())
         total += b["attention_mask"].size
     return 1.0 - real / max(total, 1)

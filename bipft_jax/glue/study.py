@@ -215,11 +215,38 @@ def _commit(paths: list[Path], message: str, attempts: int = 5) -> bool:
     return False
 
 
+def _run_job(job: Job, position: str, cfg: ConfigDict, root: Path, commit: bool,
+             where: dict) -> bool:  # fmt: skip
+    """Run one job and write (and commit) its record and the tables. False when a SIGTERM
+    interrupted it (it saved its checkpoint; its exit code is not a failure)."""
+    cmd = command(job, cfg, root)
+    print(f"study: job {position} {job.name}: {shlex.join(cmd)}", flush=True)
+    t0 = time.time()
+    rc = _run(cmd, root / "logs" / f"{job.name}.log")
+    if _STOP["flag"]:
+        return False
+    if rc != 0 or not is_done(job, cfg, root):
+        raise RuntimeError(
+            f"study job {job.name} failed (exit code {rc}); see {root}/logs/{job.name}.log"
+        )
+    print(f"study: {job.name} done in {time.time() - t0:.0f} s", flush=True)
+    results = Path(cfg.results)
+    files = []
+    if job.kind == "finetune":
+        path = results / f"{job.name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record(job, cfg, root, cmd, where), indent=2))
+        files.append(path)
+    files += build_tables(results, cfg)
+    if commit:
+        _commit(files, f"study: {job.name} finished")
+    return True
+
+
 def run_study(cfg: ConfigDict, workdir: str | Path, *, commit: bool = False,
               dry_run: bool = False, limit: int = 0) -> dict:  # fmt: skip
     """Run every unfinished job (at most ``limit`` when > 0); returns a summary."""
     root = Path(workdir)
-    results = Path(cfg.results)
     all_jobs = jobs(cfg)
     todo = [j for j in all_jobs if not is_done(j, cfg, root)]
     if dry_run:
@@ -232,32 +259,11 @@ def run_study(cfg: ConfigDict, workdir: str | Path, *, commit: bool = False,
     where, ran, status = machine(), [], "done"
     try:
         for i, job in enumerate(todo):
-            if _STOP["flag"]:  # SIGTERM between two jobs: do not start the next one
+            # SIGTERM between two jobs: do not start the next; during one: it saved and exited
+            if _STOP["flag"] or not _run_job(job, f"{i + 1}/{len(todo)}", cfg, root, commit, where):
                 status = "preempted"
                 break
-            cmd = command(job, cfg, root)
-            print(f"study: job {i + 1}/{len(todo)} {job.name}: {shlex.join(cmd)}", flush=True)
-            t0 = time.time()
-            rc = _run(cmd, root / "logs" / f"{job.name}.log")
-            if _STOP["flag"]:
-                status = "preempted"
-                break
-            if rc != 0 or not is_done(job, cfg, root):
-                raise RuntimeError(
-                    f"study job {job.name} failed (exit code {rc}); see {root}/logs/{job.name}.log"
-                )
             ran.append(job.name)
-            print(f"study: {job.name} done in {time.time() - t0:.0f} s", flush=True)
-            files = []
-            if job.kind == "finetune":
-                rec = record(job, cfg, root, cmd, where)
-                path = results / f"{job.name}.json"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(rec, indent=2))
-                files.append(path)
-            files += build_tables(results, cfg)
-            if commit:
-                _commit(files, f"study: {job.name} finished")
             if limit and len(ran) >= limit:
                 status = "limit"
                 break

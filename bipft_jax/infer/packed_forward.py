@@ -16,10 +16,9 @@ Everything else (embedding lookups of the packed tables, LayerNorm, GELU/ReLU, s
 tanh, heads) is float32. Exact zeros (``sign(0) = 0``) are honoured: each signed product checks
 its operands at run time and takes the two-plane (sign + nonzero mask) path only when a zero is
 present (``lax.cond``), else the one-plane path (native ``jax.ffi`` kernel with
-``kernel="native"``). Results equal the fake-quant forward: integer parts exactly, float parts to
-rounding. One caveat: where the exact pre-sign value is 0 (e.g. zero biases at init), the float32
-fake-quant sum of ±m terms can leave a ~1e-9 residue and take ``sign = ±1``; the packed integer
-path gives 0, as the same model evaluated in float64 does (tested).
+``kernel="native"``). The fake-quant model computes its binary products in the same order
+(integer codes first, then ``· m · α``; ``quant/product.py``), so the binary parts agree bit for
+bit and only the float parts (FP heads, estimators, W1A32 inputs) can differ by rounding.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -37,7 +35,7 @@ from bipft_jax.infer.packed_model import PackedModel
 from bipft_jax.infer.packing import PackedSigns
 from bipft_jax.infer.xnor import DEFAULT_CHUNK
 from bipft_jax.model.attention import mask_bias
-from bipft_jax.model.layers import activation
+from bipft_jax.model.layers import activation, normalize
 from bipft_jax.quant import ALPHA_MIN, ActQuant
 
 Array = Any
@@ -76,8 +74,8 @@ class _Ctx:
         if not isinstance(w, PackedSigns):
             dims = (((x.ndim - 1,), (0,)), ((), ()))
             return lax.dot_general(x, w, dims) + b
-        if q is None or not q.enabled:  # W1A32: float input times the unpacked ±m weight
-            return x @ (w.unpack(jnp.float32) * self.t[f"{name}/kernel.scale"][..., None]).T + b
+        if q is None or not q.enabled:  # W1A32: float input times the unpacked signs, then m
+            return (x @ w.unpack(jnp.float32).T) * self.t[f"{name}/kernel.scale"] + b
         v, alpha, signed = self.binarize(x, q, f"{name}/input_quant")
         dot = self.signed(v, w) if signed else self.unsigned(v, w)
         y = dot.astype(jnp.float32) * self.t[f"{name}/kernel.scale"]
@@ -86,9 +84,8 @@ class _Ctx:
         return y + b
 
     def layer_norm(self, x: Array, name: str) -> Array:
-        ln = nn.LayerNorm(epsilon=self.cfg.layer_norm_eps, dtype=jnp.float32)
-        p = {"scale": self.t[f"{name}/scale"], "bias": self.t[f"{name}/bias"]}
-        return ln.apply({"params": p}, x)
+        scale, bias = self.t[f"{name}/scale"], self.t[f"{name}/bias"]
+        return normalize(x, scale, bias, self.cfg.layer_norm_eps)
 
     def embed(self, name: str, ids: Array) -> Array:
         table = self.t[name]

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from bipft_jax.model.config import BertConfig
 from bipft_jax.model.layers import DenseResidualNorm, Dropout, dense
 from bipft_jax.quant import ActQuantizer, DenseQuant
+from bipft_jax.quant.product import Quantized, quantized_einsum
 
 
 class BertSelfAttention(nn.Module):
@@ -36,16 +37,18 @@ class BertSelfAttention(nn.Module):
         b, length, _ = h.shape
         heads, d = cfg.num_heads, cfg.head_dim
 
-        def project(name: str) -> tuple[jax.Array, jax.Array]:
+        def project(name: str) -> tuple[jax.Array, Quantized]:
             y = dense(cfg, cfg.hidden_size, spec.linear, ("embed", "heads"), name)(h)
-            yb = ActQuantizer(spec.qkv, bias_axis=None, name=f"{name}_quant")(y)
-            return y.reshape(b, length, heads, d), yb.reshape(b, length, heads, d)
+            yb = ActQuantizer(spec.qkv, bias_axis=None, name=f"{name}_quant")(y, parts=True)
+            split = lambda t: t.reshape(b, length, heads, d)
+            return split(y), yb.map(split)
 
         q, qb = project("query")
         k, kb = project("key")
         v, vb = project("value")
 
-        scores = jnp.einsum("bqhd,bkhd->bhqk", qb, kb, preferred_element_type=jnp.float32)
+        # Binary products take integer codes first, then the scales (quant/product.py).
+        scores = quantized_einsum("bqhd,bkhd->bhqk", qb, kb, preferred_element_type=jnp.float32)
         est = spec.estimators
         if est.enabled:
             scores = scores + self._residual_polynomial(h)
@@ -54,20 +57,23 @@ class BertSelfAttention(nn.Module):
         if spec.attention == "softmax":
             probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
             probs_b = ActQuantizer(spec.probs, bias_axis=None, name="probs_quant")(
-                dropout(probs, deterministic=self.deterministic)
+                dropout(probs, deterministic=self.deterministic), parts=True
             )
         else:  # BiBERT: no softmax; dropout on the scores, then bool.
             dropped = dropout(scores, deterministic=self.deterministic)
-            probs_b = ActQuantizer(spec.probs, bias_axis=None, name="probs_quant")(dropped)
-            probs = probs_b
-        probs_b = probs_b.astype(cfg.dtype)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs_b, vb)
+            probs_b = ActQuantizer(spec.probs, bias_axis=None, name="probs_quant")(
+                dropped, parts=True
+            )
+            probs = probs_b.value
+        probs_b = probs_b.map(lambda t: t.astype(cfg.dtype))
+        context = quantized_einsum("bhqk,bkhd->bqhd", probs_b, vb)
         if est.enabled:
             v_p = dense(
                 cfg, heads if est.per_head else 1, DenseQuant(), ("embed", "qkv_rank"), "v_p"
             )
             r_v = jnp.broadcast_to(v_p(h), (b, length, heads)).astype(cfg.dtype)
-            context = context + jnp.einsum("bhqk,bkh->bqh", probs_b, r_v)[..., None]
+            pr = quantized_einsum("bhqk,bkh->bqh", probs_b, Quantized.plain(r_v))
+            context = context + pr[..., None]
         context = context.reshape(b, length, heads * d)
         inter = {}
         if self.collect:

@@ -48,14 +48,28 @@ def _prepare(x, alpha, bits, signed, shift_min):
     return xf - offset, offset, a
 
 
+def _codes(xs, a, bits, signed):
+    if signed and bits == 1:
+        return jnp.sign(xs)
+    qn, qp = levels(bits, signed)
+    return jnp.clip(jnp.round(xs / a), qn, qp)
+
+
 def _forward(x, alpha, bits, signed, shift_min):
     xs, offset, a = _prepare(x, alpha, bits, signed, shift_min)
-    qn, qp = levels(bits, signed)
-    if signed and bits == 1:
-        y = a * jnp.sign(xs)
-    else:
-        y = a * jnp.clip(jnp.round(xs / a), qn, qp)
-    return (y + offset).astype(x.dtype)
+    return (a * _codes(xs, a, bits, signed) + offset).astype(x.dtype)
+
+
+def elastic_codes(
+    x: jax.Array, alpha: jax.Array, bits: int, signed: bool, shift_min: bool
+) -> tuple[jax.Array, jax.Array] | None:
+    """`(codes, α)` with `elastic_quantize(x, alpha, ...) == codes·α` (no gradient), or None
+    where the quantizer adds an offset (k-bit unsigned on `x - min(x)`)."""
+    if not signed and bits > 1 and shift_min:
+        return None
+    xs, _, a = _prepare(x, alpha, bits, signed, shift_min)
+    codes = _codes(xs, a, bits, signed).astype(x.dtype)
+    return jax.lax.stop_gradient(codes), jax.lax.stop_gradient(a)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))

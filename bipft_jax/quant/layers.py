@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -11,9 +12,10 @@ import jax.numpy as jnp
 from flax.core import meta, unfreeze
 
 from bipft_jax.quant.config import ActQuant, DenseQuant
-from bipft_jax.quant.elastic import elastic_quantize, init_alpha
+from bipft_jax.quant.elastic import elastic_codes, elastic_quantize, init_alpha
+from bipft_jax.quant.product import Quantized, scaled_product
 from bipft_jax.quant.ste import bool_ste, sign_ste
-from bipft_jax.quant.weights import quantize_weight
+from bipft_jax.quant.weights import quantize_weight, weight_codes
 
 Initializer = Callable[..., jax.Array]
 CALIBRATION = "calibration"  # collection written by `calibrate_alphas`
@@ -52,7 +54,8 @@ class ActQuantizer(nn.Module):
     Elastic methods own a scalar param `alpha`, initialised at `init` from the real batch
     (2·mean|x| signed, 4·mean|x| unsigned, over √Qp for k bits) and stored in the params so it
     survives checkpoints. When the `calibration` collection is mutable, α is recomputed from the
-    current input and used at once (see `calibrate_alphas`).
+    current input and used at once (see `calibrate_alphas`). With `parts=True` it returns a
+    `Quantized` (value, integer codes, α) for products that apply the scale last.
     """
 
     cfg: ActQuant
@@ -60,16 +63,16 @@ class ActQuantizer(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, parts: bool = False) -> Any:
         cfg = self.cfg
         if not cfg.enabled:
-            return x
+            return Quantized.plain(x) if parts else x
         if cfg.learnable_bias:
             x = LearnableBias(self.bias_axis, self.param_dtype, name="shift")(x)
-        if cfg.method == "sign":
-            return sign_ste(x, cfg.ste, cfg.clip, cfg.clip_inclusive)
-        if cfg.method == "bool":
-            return bool_ste(x, cfg.ste, cfg.clip, cfg.clip_inclusive)
+        if cfg.method in ("sign", "bool"):
+            binarize = sign_ste if cfg.method == "sign" else bool_ste
+            y = binarize(x, cfg.ste, cfg.clip, cfg.clip_inclusive)
+            return Quantized.plain(y) if parts else y
         signed = cfg.method == "elastic_signed"
         data_init = lambda _rng: init_alpha(x, cfg.bits, signed).astype(self.param_dtype)
         alpha = logical_param(self, "alpha", data_init, ())
@@ -77,7 +80,11 @@ class ActQuantizer(nn.Module):
             calibrated = self.variable(CALIBRATION, "alpha", data_init, None)
             calibrated.value = data_init(None)
             alpha = calibrated.value
-        return elastic_quantize(x, alpha, cfg.bits, signed, cfg.numel_multiplier, cfg.shift_min)
+        y = elastic_quantize(x, alpha, cfg.bits, signed, cfg.numel_multiplier, cfg.shift_min)
+        if not parts:
+            return y
+        split = elastic_codes(x, alpha, cfg.bits, signed, cfg.shift_min)
+        return Quantized(y) if split is None else Quantized(y, *split)
 
 
 class BinaryDense(nn.Module):
@@ -85,7 +92,9 @@ class BinaryDense(nn.Module):
 
     Written once: FP, BiBERT, BiT and BiPFT linears differ only in `quant`. The kernel is
     `[in, out]` with logical axes `kernel_axes`; binarization statistics are computed in the
-    parameter dtype (fp32), the matmul in `dtype`.
+    parameter dtype (fp32), the matmul in `dtype`. A binary kernel is multiplied as integer codes
+    first, then `· m · α` (`quant/product.py`): exact, independent of the batch shape, and in the
+    packed path's order; gradients are those of `x̂ · Ŵ`.
     """
 
     features: int
@@ -108,9 +117,10 @@ class BinaryDense(nn.Module):
             (x.shape[-1], self.features),
             self.param_dtype,
         )
-        x = ActQuantizer(
+        xq = ActQuantizer(
             self.quant.input, self.kernel_axes[0], self.param_dtype, name="input_quant"
-        )(x)
+        )(x, parts=True)
+        wcodes = weight_codes(kernel, self.quant.weight)
         kernel = quantize_weight(kernel, self.quant.weight)
         bias = None
         if self.use_bias:
@@ -122,13 +132,30 @@ class BinaryDense(nn.Module):
                 (self.features,),
                 self.param_dtype,
             )
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = jax.lax.dot_general(
-            x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision
-        )
+        x, kernel, bias = nn.dtypes.promote_dtype(xq.value, kernel, bias, dtype=self.dtype)
+        dims = (((x.ndim - 1,), (0,)), ((), ()))
+        product = _dot_product(dims, self.precision)
+        if wcodes is None or wcodes[1].shape[0] != 1:  # FP, or a per-input-channel scale
+            y = product(x, kernel, None)
+        else:
+            signs, m = wcodes
+            scales = (m.reshape(m.shape[1:]),) + (() if xq.scale is None else (xq.scale,))
+            y = scaled_product(product, Quantized(x, xq.codes), Quantized(kernel, signs), scales)
         if bias is not None:
             y = y + bias
         return y
+
+
+@functools.cache
+def _dot_product(dims, precision):
+    """`dot_general` over `dims` as one function object (a static argument of the custom VJP)."""
+
+    def product(x, y, preferred):
+        return jax.lax.dot_general(
+            x, y, dims, precision=precision, preferred_element_type=preferred
+        )
+
+    return product
 
 
 def calibrate_alphas(model: nn.Module, variables: Any, *args: Any, **kwargs: Any) -> dict:

@@ -21,14 +21,28 @@ def _reduce_axes(ndim: int, per_channel: bool, channel_axis: int) -> tuple[int, 
     return tuple(a for a in range(ndim) if a != keep)
 
 
-def bwn_forward(w: jax.Array, per_channel_scale: bool, per_channel_center: bool, channel_axis: int):
-    """`m · sign(W - μ)`, with `m = mean|W|` of the *uncentred* W (reference `BwnQuantizer`)."""
+def bwn_parts(
+    w: jax.Array, per_channel_scale: bool, per_channel_center: bool, channel_axis: int
+) -> tuple[jax.Array, jax.Array]:
+    """`(sign(W - μ), m)` in float32, `m = mean|W|` of the *uncentred* W (keepdims shape).
+
+    The sign is taken by comparing W with μ, not as `sign(W - μ)`: XLA rewrites the mean's
+    division into a multiply by 1/n and, where it fuses that with the subtraction, contracts
+    both into one FMA, so a weight equal to μ got sign 0 in one program and ±1 in another
+    (seen between a trained BiBERT model's forward and its packed export)."""
     wf = w.astype(jnp.float32)
     m = jnp.mean(
         jnp.abs(wf), axis=_reduce_axes(w.ndim, per_channel_scale, channel_axis), keepdims=True
     )
     mu = jnp.mean(wf, axis=_reduce_axes(w.ndim, per_channel_center, channel_axis), keepdims=True)
-    return (m * jnp.sign(wf - mu)).astype(w.dtype)
+    signs = (wf > mu).astype(jnp.float32) - (wf < mu).astype(jnp.float32)
+    return signs, m
+
+
+def bwn_forward(w: jax.Array, per_channel_scale: bool, per_channel_center: bool, channel_axis: int):
+    """`m · sign(W - μ)` (reference `BwnQuantizer`)."""
+    signs, m = bwn_parts(w, per_channel_scale, per_channel_center, channel_axis)
+    return (m * signs).astype(w.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -82,3 +96,15 @@ def quantize_weight(w: jax.Array, cfg: WeightQuant) -> jax.Array:
     if cfg.method == "bibert":
         return bibert_weight(w, cfg.channel_axis)
     raise ValueError(f"unknown weight method {cfg.method!r}")
+
+
+def weight_codes(w: jax.Array, cfg: WeightQuant) -> tuple[jax.Array, jax.Array] | None:
+    """`(signs, m)` with `quantize_weight(w, cfg) == m·signs` (keepdims `m`, no gradient), or
+    None for method "none"."""
+    if cfg.method == "none":
+        return None
+    per_channel = cfg.method == "bibert"
+    scale = per_channel or cfg.scale == "channel"
+    center = per_channel or cfg.center == "channel"
+    signs, m = bwn_parts(w, scale, center, cfg.channel_axis)
+    return jax.lax.stop_gradient(signs.astype(w.dtype)), jax.lax.stop_gradient(m)

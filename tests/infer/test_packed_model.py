@@ -1,9 +1,9 @@
 """Whole-model packed inference equals the fake-quant forward (integers exact, floats to 1e-4).
 
 References: the model's own ``.apply`` (deterministic) on random, perturbed params; at raw init
-(zero biases, so linear outputs hit exact zeros) the same model run in float64, because the
-float32 fake-quant sum of ±m terms leaves ~4e-9 residues where the exact value is 0 (the packed
-integer path gives 0, i.e. ``sign = 0``, as the exact model does).
+(zero biases, so linear outputs hit exact zeros, ``sign = 0``) the same model in float32 and in
+float64. Both paths multiply integer codes first and scale after (``quant/product.py``), so the
+float32 fake-quant sums are exact zeros too (with ``x̂·(m·sign W)`` they left ~4e-9 residues).
 """
 
 import dataclasses
@@ -68,12 +68,14 @@ def test_packed_forward_matches_fake_quant(method, head):
 
 
 @pytest.mark.parametrize("method", ["bibert", "bit", "bipft"])
-def test_raw_init_exact_zeros_match_float64_model(method):
+def test_raw_init_exact_zeros_match_float32_and_float64_models(method):
     config = tiny_config(method)
     _, params = init_params(config, "classification", seed=2, scale=0.0)  # biases are 0
     batch = _batch(seed=4)
     packed = PackedModel.from_tensors(*pack_model(params, config))
     out = forward(packed, **batch)
+    model32 = build_model(config, "classification", 3)
+    _assert_close(out, model32.apply({"params": params}, **batch))
     with jax.enable_x64(True):
         model64 = build_model(dataclasses.replace(config, dtype=jnp.float64), "classification", 3)
         ref = model64.apply({"params": params}, **batch)

@@ -106,7 +106,8 @@ def _quantizer_outputs(preset):
         fp_only = module[:1] != ("bert",) or set(module) & set(ESTIMATORS)  # FP heads/estimators
         if module and not fp_only and module[-1].endswith("_quant"):
             alpha = flat_params.get((*module, "alpha"))
-            found["/".join(module)] = (np.asarray(value[0]), alpha)
+            out = getattr(value[0], "value", value[0])  # a Quantized when the layer asks for parts
+            found["/".join(module)] = (np.asarray(out), alpha)
     return cfg, params, found
 
 
