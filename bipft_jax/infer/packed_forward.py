@@ -37,6 +37,7 @@ from bipft_jax.infer.xnor import DEFAULT_CHUNK
 from bipft_jax.model.attention import mask_bias
 from bipft_jax.model.layers import activation, normalize
 from bipft_jax.quant import ALPHA_MIN, ActQuant
+from bipft_jax.quant.product import combined_scale
 
 Array = Any
 
@@ -78,10 +79,7 @@ class _Ctx:
             return (x @ w.unpack(jnp.float32).T) * self.t[f"{name}/kernel.scale"] + b
         v, alpha, signed = self.binarize(x, q, f"{name}/input_quant")
         dot = self.signed(v, w) if signed else self.unsigned(v, w)
-        y = dot.astype(jnp.float32) * self.t[f"{name}/kernel.scale"]
-        if alpha is not None:
-            y = y * alpha
-        return y + b
+        return _times(dot.astype(jnp.float32), self.t[f"{name}/kernel.scale"], alpha) + b
 
     def layer_norm(self, x: Array, name: str) -> Array:
         scale, bias = self.t[f"{name}/scale"], self.t[f"{name}/bias"]
@@ -151,11 +149,11 @@ class _Ctx:
         return self.layer_norm(x + a, f"{name}/output/LayerNorm")
 
 
-def _times(x: Array, *alphas: Array | None) -> Array:
-    for a in alphas:
-        if a is not None:
-            x = x * a
-    return x
+def _times(x: Array, *scales: Array | None) -> Array:
+    """``x`` times the product of the scales that are not None, multiplied together first
+    (``quant.product.combined_scale``, the fake-quant model's order)."""
+    present = [s for s in scales if s is not None]
+    return x * combined_scale(present) if present else x
 
 
 def packed_encoder_layer(

@@ -43,9 +43,17 @@ class Quantized(NamedTuple):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def _scaled_product(product, preferred, out_dtype, a, b, a_codes, b_codes, scales):
     y = product(a_codes.astype(a.dtype), b_codes.astype(b.dtype), jnp.float32)
-    for s in scales:
-        y = y * s.astype(jnp.float32)
-    return y.astype(out_dtype)
+    return (y * combined_scale(scales)).astype(out_dtype)
+
+
+def combined_scale(scales) -> jax.Array:
+    """`scales[0] · scales[1] · ...` in float32, multiplied together before they meet the
+    product: one multiply per output element, so no program can fuse a chain of them with a
+    following bias add into a different FMA (the packed path scales the same way)."""
+    total = jnp.asarray(scales[0], jnp.float32)
+    for s in scales[1:]:
+        total = total * jnp.asarray(s, jnp.float32)
+    return total
 
 
 def _fwd(product, preferred, out_dtype, a, b, a_codes, b_codes, scales):
@@ -67,7 +75,7 @@ _scaled_product.defvjp(_fwd, _bwd)
 def scaled_product(
     product, a: Quantized, b: Quantized, scales: tuple[jax.Array, ...], preferred=None
 ) -> jax.Array:
-    """`product(a.codes, b.codes) · scales[0] · scales[1] ...` in float32, cast to the dtype of
+    """`product(a.codes, b.codes) · (scales[0] · scales[1] ...)` in float32, cast to the dtype of
     the plain product `product(a.value, b.value, preferred)`, whose gradients it has.
     `product(x, y, preferred_element_type)` is a bilinear map (a dot_general or einsum). Without
     scales (or codes) it is the plain product: ±1 / {0, 1} codes are exact already, and FP
