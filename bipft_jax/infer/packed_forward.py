@@ -16,9 +16,10 @@ Everything else (embedding lookups of the packed tables, LayerNorm, GELU/ReLU, s
 tanh, heads) is float32. Exact zeros (``sign(0) = 0``) are honoured: each signed product checks
 its operands at run time and takes the two-plane (sign + nonzero mask) path only when a zero is
 present (``lax.cond``), else the one-plane path (native ``jax.ffi`` kernel with
-``kernel="native"``). The fake-quant model computes its binary products in the same order
-(integer codes first, then ``· m · α``; ``quant/product.py``), so the binary parts agree bit for
-bit and only the float parts (FP heads, estimators, W1A32 inputs) can differ by rounding.
+``kernel="native"``). The fake-quant model computes its binary products the same way (integer
+codes first, then one combined scale ``m·α``; ``quant/product.py``) and its LayerNorm with the
+same ``normalize``, so on XLA:CPU the two give identical logits (every GLUE-study model,
+``benchmarks/results/deploy_study.md``; random models in ``tests/infer/test_packed_model.py``).
 """
 
 from __future__ import annotations

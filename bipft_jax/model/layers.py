@@ -83,8 +83,8 @@ class LayerNorm(nn.Module):
     flipped sign into whole points of accuracy. Here the mean and `sqrt(σ² + ε)` sit behind
     optimization barriers, and the normalisation is an IEEE division that XLA cannot rewrite
     into `rsqrt`. The packed inference path uses the same function (`normalize`). Measured on
-    the GLUE study's trained models: outputs identical across batch shapes, and BiBERT's packed
-    logits identical to these (tests/quant/test_product.py checks the shapes on random models).
+    the GLUE study's trained models: outputs identical across batch shapes and to the packed
+    path's (tests/quant/test_product.py checks the shapes on random models).
     """
 
     epsilon: float = 1e-12
