@@ -90,8 +90,8 @@ class LayerNorm(nn.Module):
     epsilon: float = 1e-12
     dtype: Any = None
     param_dtype: Any = jnp.float32
-    scale_init: Callable[..., jax.Array] = nn.initializers.ones
-    bias_init: Callable[..., jax.Array] = nn.initializers.zeros
+    scale_init: Callable[..., Any] = nn.initializers.ones
+    bias_init: Callable[..., Any] = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
