@@ -42,7 +42,7 @@ def _layer(name: str, in_features: int = 384, features: int = 64, seed: int = 0)
 
 
 def _numpy_exact(name: str, params: dict, x: jax.Array) -> tuple[np.ndarray, np.ndarray]:
-    """int64 code product, then · m · α + b in float32 (the packed path's order): the result
+    """int64 code product, then · (m·α) + b in float32 (the packed path's order): the result
     with a separate last add, and with the last multiply-add fused (XLA:CPU emits FMAs)."""
     quant = BINARY[name]
     xs = np.asarray(x, np.float32)
@@ -66,13 +66,9 @@ def _numpy_exact(name: str, params: dict, x: jax.Array) -> tuple[np.ndarray, np.
         return None  # float input: no exact integer product
     dot = (x_codes.astype(np.int64) @ w_codes.astype(np.int64)).astype(np.float32)
     bias = np.asarray(params["bias"], np.float32)
-    y = dot * np.asarray(m, np.float32)
-    if alpha is None:
-        fused = dot.astype(np.float64) * m + bias
-    else:
-        fused = y.astype(np.float64) * alpha + bias
-        y = y * alpha
-    return y + bias, fused.astype(np.float32)
+    scale = np.asarray(m, np.float32) * (np.float32(1) if alpha is None else alpha)  # m·α first
+    fused = dot.astype(np.float64) * scale + bias  # exact product, one rounding: an FMA
+    return dot * scale + bias, fused.astype(np.float32)
 
 
 @pytest.mark.parametrize("name", ["bibert", "bit", "bit_unsigned"])
@@ -80,9 +76,14 @@ def test_binary_dense_is_the_exact_integer_product_then_scales(name):
     layer, params, x = _layer(name)
     got = np.asarray(jax.jit(lambda p, x: layer.apply({"params": p}, x))(params, x))
     separate, fused = _numpy_exact(name, params, x)
-    # Every element is one of the two roundings of the exact integer result; a wrong code
-    # (centre, threshold) or a scale applied inside the sum fails.
-    assert np.all((got == separate) | (got == fused)), np.max(np.abs(got - separate))
+    # Every element is a rounding of the exact integer result times m·α: one of the two above,
+    # or a few ulps off where the model's own m (a fused mean) rounds unlike NumPy's. A
+    # wrong code (centre, threshold) or scales inside the sum (±m terms) are further off.
+    exact = (got == separate) | (got == fused)
+    magnitude = np.maximum(np.abs(separate), np.abs(separate - np.asarray(params["bias"])))
+    near = np.abs(got - separate) <= 4 * np.spacing(magnitude.astype(np.float32))
+    assert np.all(exact | near), np.max(np.abs(got - separate))
+    assert np.mean(exact) > 0.85, np.mean(exact)
 
 
 @pytest.mark.parametrize("method", ["bibert", "bit", "bipft"])
