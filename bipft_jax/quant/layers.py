@@ -135,7 +135,7 @@ class BinaryDense(nn.Module):
         x, kernel, bias = nn.dtypes.promote_dtype(xq.value, kernel, bias, dtype=self.dtype)
         dims = (((x.ndim - 1,), (0,)), ((), ()))
         product = _dot_product(dims, self.precision)
-        if wcodes is None or wcodes[1].shape[0] != 1:  # FP, or a per-input-channel scale
+        if wcodes is None:
             y = product(x, kernel, None)
         else:
             signs, m = wcodes

@@ -98,13 +98,18 @@ def quantize_weight(w: jax.Array, cfg: WeightQuant) -> jax.Array:
     raise ValueError(f"unknown weight method {cfg.method!r}")
 
 
-def weight_codes(w: jax.Array, cfg: WeightQuant) -> tuple[jax.Array, jax.Array] | None:
+def weight_codes(
+    w: jax.Array, cfg: WeightQuant, contract_axis: int = 0
+) -> tuple[jax.Array, jax.Array] | None:
     """`(signs, m)` with `quantize_weight(w, cfg) == m·signs` (keepdims `m`, no gradient), or
-    None for method "none"."""
+    None where the product cannot apply `m` after the sum: method "none", or a scale that
+    varies along `contract_axis` (a per-input-channel `m`)."""
     if cfg.method == "none":
         return None
     per_channel = cfg.method == "bibert"
     scale = per_channel or cfg.scale == "channel"
     center = per_channel or cfg.center == "channel"
     signs, m = bwn_parts(w, scale, center, cfg.channel_axis)
+    if m.shape[contract_axis] != 1:
+        return None
     return jax.lax.stop_gradient(signs.astype(w.dtype)), jax.lax.stop_gradient(m)
