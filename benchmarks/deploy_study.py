@@ -44,6 +44,21 @@ def best_runs(records: list[dict], row: str) -> dict[str, dict]:
     return best
 
 
+def zero_signs(packed_dir: Path) -> dict[str, int]:
+    """Tensors stored with a nonzero-mask plane -> how many of their entries are sign 0
+    (a weight exactly equal to its centre μ; the plane costs one bit per entry of the tensor)."""
+    from safetensors.numpy import load_file
+
+    manifest = json.loads((packed_dir / "manifest.json").read_text())["tensors"]
+    out = {}
+    for name, words in load_file(str(packed_dir / "tensors.safetensors")).items():
+        if name.endswith(".mask"):
+            k = manifest[name]["k"]  # bits past k in each row are padding (0)
+            ones = int(np.unpackbits(np.ascontiguousarray(words).view(np.uint8)).sum())
+            out[name.removesuffix(".mask")] = words.size // words.shape[-1] * k - ones
+    return out
+
+
 def _export(final: Path, out: Path, compress: bool) -> None:
     """`bipft export --format packed` exactly as a user types it (in this process)."""
     from bipft_jax import cli
@@ -111,6 +126,7 @@ def deploy(final: Path, task: str, out: Path, max_length: int = 128) -> dict:
         agree = bool((logits["packed"].argmax(-1) == logits["fake_quant"].argmax(-1)).all())
     return {
         "metrics": metrics,
+        "zero_signs": zero_signs(packed_dir),
         "max_abs_logit_diff": float(np.abs(logits["packed"] - logits["fake_quant"]).max()),
         # the fake-quant model against itself at other batch shapes (float32 rounding only)
         "fake_quant_shape_diff": float(
@@ -170,6 +186,12 @@ def write(res: dict, results: Path = RESULTS) -> None:
             f"({r['fake_quant_shape_diff']:.1e}) | {b['packed']:,} | "
             f"{b['packed_uncompressed']:,} | {b['fp32_params']:,} | {r['fp32_over_packed']:.1f}x |"
         )
+    zeros = [(r, name, n) for r in res["runs"] for name, n in r.get("zero_signs", {}).items()]
+    if zeros:
+        lines += ["", "Tensors that carry a nonzero-mask plane (entries exactly equal to their "
+                  "centre μ have sign 0, as in the reference; the plane costs one bit per "
+                  "entry of the tensor):", ""]  # fmt: skip
+        lines += [f"- {r['row']} {r['task']}: `{name}`, {n} sign-0 entries" for r, name, n in zeros]
     (results / "deploy_study.md").write_text("\n".join(lines) + "\n")
 
 
