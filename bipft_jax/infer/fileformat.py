@@ -2,10 +2,11 @@
 
 The manifest (JSON) records ``format`` and ``format_version``, the caller's fields (e.g.
 ``preset``, ``config``), one entry per tensor (``shape``, ``dtype``, and any caller metadata such as
-``role`` = ``packed_signs`` / ``packed_mask`` / ``scale`` / ``fp`` and the logical ``k``), and for
-every data file its byte size and SHA-256. Loading checks, in order: the manifest exists and
-parses, the version is known, each data file exists, has the recorded size (else "truncated"),
-and has the recorded checksum (else "corrupt"); then that the tensors match the manifest.
+``role`` = ``packed_signs`` / ``packed_mask`` / ``packed_zeros`` / ``scale`` / ``fp`` and the
+logical ``k``), and for every data file its byte size and SHA-256. Loading checks, in order: the
+manifest exists and parses, the version is known, each data file exists, has the recorded size
+(else "truncated"), and has the recorded checksum (else "corrupt"); then that the tensors match
+the manifest.
 
 Version 2 adds an optional lossless codec for the float tensors (``compress=True``): their bytes
 are byte-shuffled (all first bytes of the elements, then all second bytes, ...: the sign and
@@ -13,6 +14,16 @@ exponent bytes of similar floats are alike) and stored in one LZMA stream, ``flo
 such tensor's manifest entry gets ``codec`` = ``"shuffle-xz"`` and its ``offset`` and ``nbytes``
 in the decompressed stream. Sign words are random bits and stay uncompressed in the
 safetensors file. Version 1 directories still load.
+
+Version 3 adds sparse zero lists (:func:`masks_to_zeros`): a packed tensor whose exact zeros are
+few stores them as ``<name>.zeros`` (role ``packed_zeros``, with ``k``): a sorted 1-D int32 array
+(int64 past 2**31 entries) of the flat C-order positions of its sign-0 entries in the logical
+shape ``signs.shape[:-1] + (k,)`` (``[rows, k]``, or ``[layers, rows, k]`` for a stacked
+tensor), instead of the nonzero-mask plane ``<name>.mask`` (role ``packed_mask``). It is chosen
+exactly when that list has fewer bytes than the plane (fewer zeros than the plane has words).
+Loading rebuilds the identical plane (:func:`zeros_to_masks`). Version 1 and 2 files (mask
+planes only) load unchanged; a version-2 reader refuses a version-3 file instead of misreading
+it.
 """
 
 from __future__ import annotations
@@ -29,11 +40,11 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from bipft_jax.infer.packing import PackedSigns, num_words
+from bipft_jax.infer.packing import WORD_BITS, PackedSigns, num_words, pack_bits, unpack_bits
 
 FORMAT_NAME = "bipft-packed"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 TENSOR_FILE = "tensors.safetensors"
 FLOAT_FILE = "floats.xz"
@@ -223,7 +234,8 @@ def packed_size_bytes(source: str | os.PathLike | Mapping[str, np.ndarray]) -> i
 def packed_entries(
     name: str, packed: PackedSigns
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
-    """Arrays and ``tensor_meta`` for one packed tensor: ``<name>.signs`` (+ ``<name>.mask``)."""
+    """Arrays and ``tensor_meta`` for one packed tensor: ``<name>.signs`` (+ ``<name>.mask``; pass
+    the result through :func:`masks_to_zeros` to store few zeros as a list)."""
     arrays = {f"{name}.signs": np.asarray(packed.signs, np.uint32)}
     meta: dict[str, dict[str, Any]] = {f"{name}.signs": {"role": "packed_signs", "k": packed.k}}
     if packed.mask is not None:
@@ -235,7 +247,8 @@ def packed_entries(
 def packed_from_entries(
     arrays: Mapping[str, np.ndarray], manifest: Mapping[str, Any], name: str
 ) -> PackedSigns:
-    """Rebuild the :class:`PackedSigns` saved by :func:`packed_entries` under ``name``."""
+    """Rebuild the :class:`PackedSigns` saved by :func:`packed_entries` under ``name`` (a
+    ``<name>.zeros`` list is rebuilt into its mask plane)."""
     key = f"{name}.signs"
     rec = manifest["tensors"].get(key)
     if rec is None or rec.get("role") != "packed_signs" or "k" not in rec:
@@ -244,7 +257,120 @@ def packed_from_entries(
     signs = arrays[key]
     if signs.dtype != np.uint32 or signs.shape[-1] != num_words(k):
         raise PackedFormatError(f"{key}: {signs.dtype}{list(signs.shape)} cannot hold k={k}")
+    if f"{name}.zeros" in manifest["tensors"]:
+        own = {n: r for n, r in manifest["tensors"].items() if n.startswith(f"{name}.")}
+        arrays, _ = zeros_to_masks({n: arrays[n] for n in own if n in arrays}, own, "packed")
     mask = arrays.get(f"{name}.mask")
     if mask is not None and mask.shape != signs.shape:
         raise PackedFormatError(f"{name}.mask shape {mask.shape} != {key} shape {signs.shape}")
     return PackedSigns(signs=signs, mask=mask, k=k)
+
+
+def zero_positions(mask: np.ndarray, k: int) -> np.ndarray:
+    """Sorted flat positions, in the logical shape ``mask.shape[:-1] + (k,)``, of the 0 bits of a
+    nonzero-mask plane (its sign-0 entries): int32, or int64 past 2**31 positions."""
+    mask = np.asarray(mask, np.uint32)
+    words = np.ascontiguousarray(mask).reshape(math.prod(mask.shape[:-1]), num_words(k))
+    size = words.shape[0] * k
+    rows = np.flatnonzero(np.bitwise_count(words).sum(axis=-1, dtype=np.int64) != k)
+    r, c = np.nonzero(~unpack_bits(words[rows], k))
+    dtype = np.int32 if size <= np.iinfo(np.int32).max + 1 else np.int64
+    return (rows[r].astype(np.int64) * k + c).astype(dtype)
+
+
+def mask_from_zeros(zeros: np.ndarray, lead_shape: tuple[int, ...], k: int) -> np.ndarray:
+    """The nonzero-mask plane ``[*lead_shape, ceil(k/32)]`` with 0 bits at the flat positions
+    ``zeros`` (checked by the caller) and padding bits past ``k`` 0: inverse of
+    :func:`zero_positions`."""
+    rows = math.prod(lead_shape)
+    mask = np.tile(pack_bits(np.ones(k, bool)), (rows, 1))
+    if zeros.size:
+        r, c = np.divmod(zeros.astype(np.int64), k)
+        bit = np.left_shift(np.uint32(1), (c % WORD_BITS).astype(np.uint32))
+        np.bitwise_and.at(mask, (r, c // WORD_BITS), ~bit)
+    return mask.reshape(*lead_shape, num_words(k))
+
+
+def masks_to_zeros(
+    arrays: Mapping[str, np.ndarray], records: Mapping[str, Mapping[str, Any]]
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """Replace each ``packed_mask`` entry ``<name>.mask`` by the zero list ``<name>.zeros`` (role
+    ``packed_zeros``, same ``k`` and other fields) when the list has fewer bytes than the plane.
+
+    ``records`` maps names to per-tensor metadata (``role``, ``k``, ...); shape and dtype fields,
+    if present, are updated. Returns new ``(arrays, records)``; other entries are unchanged."""
+    out, out_rec = dict(arrays), {n: dict(r) for n, r in records.items()}
+    for name, rec in records.items():
+        if rec.get("role") != "packed_mask" or not name.endswith(".mask"):
+            continue
+        zeros = zero_positions(arrays[name], int(rec["k"]))
+        if zeros.nbytes >= np.asarray(arrays[name]).nbytes:
+            continue
+        base = name.removesuffix(".mask")
+        del out[name], out_rec[name]
+        out[f"{base}.zeros"] = zeros
+        new = {**rec, "role": "packed_zeros"}
+        if "shape" in rec or "dtype" in rec:
+            new.update(shape=list(zeros.shape), dtype=zeros.dtype.name)
+        out_rec[f"{base}.zeros"] = new
+    return out, out_rec
+
+
+def zeros_to_masks(
+    arrays: Mapping[str, np.ndarray], records: Mapping[str, Mapping[str, Any]], where: str
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """Inverse of :func:`masks_to_zeros`: each ``packed_zeros`` entry becomes the ``packed_mask``
+    plane it stands for, identical to the one :func:`~bipft_jax.infer.packing.pack_matrix` makes.
+
+    Raises :class:`PackedFormatError` naming the tensor (``where`` prefixes the message) for a
+    list that is not a sorted 1-D int32/int64 array of distinct in-range positions, one with no
+    ``<name>.signs`` of the same ``k`` (and ``layers``), or a tensor with both a mask plane and
+    a zero list."""
+    out, out_rec = dict(arrays), {n: dict(r) for n, r in records.items()}
+    for name, rec in records.items():
+        if rec.get("role") != "packed_zeros":
+            continue
+        base = name.removesuffix(".zeros")
+        signs_rec = records.get(f"{base}.signs") or {}
+        if not name.endswith(".zeros") or signs_rec.get("role") != "packed_signs":
+            raise PackedFormatError(
+                f"{where}: zero list {name!r} has no packed tensor '{base}.signs'"
+            )
+        if f"{base}.mask" in records:
+            raise PackedFormatError(
+                f"{where}: {base!r} has both a '.mask' plane and a '.zeros' list"
+            )
+        if name not in arrays or f"{base}.signs" not in arrays:
+            raise PackedFormatError(f"{where}: {name!r} or its '.signs' is not stored")
+        for field in ("k", "layers"):
+            if rec.get(field) != signs_rec.get(field):
+                raise PackedFormatError(
+                    f"{where}: {name!r} has {field}={rec.get(field)!r}, its '.signs' "
+                    f"{signs_rec.get(field)!r}"
+                )
+        k = rec.get("k")
+        signs, zeros = np.asarray(arrays[f"{base}.signs"]), np.asarray(arrays[name])
+        if not isinstance(k, int) or k < 0 or signs.ndim < 1 or signs.shape[-1] != num_words(k):
+            raise PackedFormatError(
+                f"{where}: '{base}.signs' {list(signs.shape)} cannot hold k={k}"
+            )
+        if zeros.dtype not in (np.int32, np.int64) or zeros.ndim != 1:
+            raise PackedFormatError(
+                f"{where}: {name!r} is {zeros.dtype.name}{list(zeros.shape)}, expected a 1-D "
+                "int32/int64 list of positions"
+            )
+        size = math.prod(signs.shape[:-1]) * k
+        if zeros.size and (zeros[0] < 0 or zeros[-1] >= size or np.any(np.diff(zeros) <= 0)):
+            bad = zeros[(zeros < 0) | (zeros >= size)]
+            what = f"position {int(bad[0])} out of range" if bad.size else "positions not sorted"
+            raise PackedFormatError(
+                f"{where}: {name!r}: {what} (distinct ascending positions in [0, {size}) "
+                f"of the logical shape {[*signs.shape[:-1], k]})"
+            )
+        del out[name], out_rec[name]
+        out[f"{base}.mask"] = mask_from_zeros(zeros, signs.shape[:-1], k)
+        new = {**rec, "role": "packed_mask"}
+        if "shape" in rec or "dtype" in rec:
+            new.update(shape=list(signs.shape), dtype="uint32")
+        out_rec[f"{base}.mask"] = new
+    return out, out_rec

@@ -1,15 +1,26 @@
 """Pack a whole binary BERT into the versioned packed file, and load it back runnable.
 
 Every binarized weight (the preset's encoder/pooler kernels and the word-embedding table) is
-stored as its sign plane in uint32 words (``<name>.signs``; a ``<name>.mask`` plane only when
-the weight has exact zeros, i.e. ``W == μ``) plus its scale ``<name>.scale`` (``m`` of
-``m·sign(W - μ)``: per output channel ``[N]``, or a scalar; for embeddings ``[V, 1]`` per row).
+stored as its sign plane in uint32 words (``<name>.signs``) plus its scale ``<name>.scale``
+(``m`` of ``m·sign(W - μ)``: per output channel ``[N]``, or a scalar; for embeddings ``[V, 1]``
+per row; exact zeros below).
 The centre ``μ`` is not stored: it only decides the signs, which are stored. Kernels ``[K, N]``
 are stored as rows ``[N, ceil(K/32)]`` (packed along K); embedding tables ``[V, E]`` as
 ``[V, ceil(E/32)]``. α, β, BiPFT estimators and every keep-in-FP tensor are stored as they are
 (role ``alpha`` / ``beta`` / ``estimator`` / ``fp``), named by their "/"-joined Flax path, with
 the encoder layers stacked: ``.../encoder/layers/<rest>`` holds ``layer_<i>/<rest>`` for every
 ``i`` on a leading axis (one container entry instead of one per layer).
+
+Exact zeros (an entry equal to its centre, ``W == μ``, has sign 0) need a second plane in memory,
+the nonzero mask (``PackedSigns.mask``). On disk a weight with zeros stores either that plane,
+``<name>.mask`` (role ``packed_mask``, the shape of ``.signs``), or, when its zeros are few (the
+list has fewer bytes than the plane: fewer zeros than the plane has words), their sorted flat
+positions ``<name>.zeros`` (role ``packed_zeros``; int32, int64 past 2**31 entries) in the
+logical ``[rows, k]`` matrix, ``[layers, rows, k]`` for stacked layers
+(``fileformat.masks_to_zeros``). A stacked layer without zeros gets an all-ones plane when
+another layer has some. Trained models have 0-2 zeros per tensor, so a list of a few bytes
+replaces e.g. the 1.4 MiB plane of a 30522 x 384 word table. Loading rebuilds the identical
+plane; files with ``.mask`` planes only (format versions 1 and 2) load unchanged.
 
 Options:
 * ``float16="pos_type"`` stores the position and token-type tables (the largest FP tensors,
@@ -44,9 +55,11 @@ from flax import traverse_util
 from bipft_jax.infer.fileformat import (
     PackedFormatError,
     load_packed,
+    masks_to_zeros,
     packed_entries,
     packed_from_entries,
     save_packed,
+    zeros_to_masks,
 )
 from bipft_jax.infer.packing import PackedSigns, num_words, pack_bits, pack_matrix
 from bipft_jax.model.config import BertConfig, from_config_dict, to_dict
@@ -198,7 +211,7 @@ def pack_model(
         role = tensor_role(name, config) if wq is None else "fp"
         tensors[name] = value.astype(_storage_dtype(name, role, float16))
         meta[name] = {"role": role}
-    tensors, meta = _stack_layers(tensors, meta, config.num_layers)
+    tensors, meta = masks_to_zeros(*_stack_layers(tensors, meta, config.num_layers))
     manifest = {
         "kind": KIND,
         "preset": preset,
@@ -224,9 +237,11 @@ def packed_bytes_estimate(
     float16: str | None = None,
     all_1bit: bool = False,
 ) -> dict[str, int]:
-    """Tensor bytes of :func:`pack_model`'s output computed from shapes alone (no params, no
-    mask planes): ``{"packed_signs", "scale", "alpha", "beta", "estimator", "fp", "total"}``.
-    The file adds only the safetensors header and the manifest."""
+    """Tensor bytes of :func:`pack_model`'s output computed from shapes alone (no params):
+    ``{"packed_signs", "scale", "alpha", "beta", "estimator", "fp", "total"}``. Exact zeros are
+    data, so not counted: a weight with ``z`` of them adds ``min(4·z, its mask plane)`` bytes
+    (a ``.zeros`` list or a ``.mask`` plane the size of its ``.signs``). The file adds only the
+    safetensors header and the manifest."""
     float16 = _resolve_float16(float16, config)
     check_supported(config)
     abstract = abstract_params(config, head, max(num_labels, 1))
@@ -299,7 +314,8 @@ class PackedModel:
             build_model(config, head, max(num_labels, 1))  # checks the head name
         except (KeyError, TypeError, ValueError) as e:
             raise PackedFormatError(f"{where}: bad manifest config/head: {e}") from e
-        tensors, records = _unstack_layers(tensors, manifest["tensors"], where)
+        tensors, records = zeros_to_masks(tensors, manifest["tensors"], where)
+        tensors, records = _unstack_layers(tensors, records, where)
         out: dict[str, Any] = {}
         for name, rec in records.items():
             role = rec.get("role")

@@ -114,10 +114,11 @@ def test_scanned_layers_and_estimator_variants(method, overrides):
 
 
 def test_weight_zeros_in_one_layer_get_a_mask_plane():
-    """A zero column (W == μ) needs the mask plane; the other layers get all-ones planes."""
+    """Zero columns (W == μ) need the mask plane; the other layers get all-ones planes. With 96
+    zeros the plane (64 words) is smaller than their list (``test_packed_zeros.py``: few zeros)."""
     config = tiny_config("bibert")
     model, params = init_params(config, "classification", seed=4)
-    params["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"][:, 3] = 0.0
+    params["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"][:, 3:6] = 0.0
     tensors, manifest = pack_model(params, config)
     masks = [n for n in tensors if n.endswith(".mask")]
     assert masks == ["bert/encoder/layers/attention/self/query/kernel.mask"]
