@@ -45,14 +45,17 @@ def best_runs(records: list[dict], row: str) -> dict[str, dict]:
 
 
 def zero_signs(packed_dir: Path) -> dict[str, int]:
-    """Tensors stored with a nonzero-mask plane -> how many of their entries are sign 0
-    (a weight exactly equal to its centre μ; the plane costs one bit per entry of the tensor)."""
+    """Tensors with sign-0 entries (a weight exactly equal to its centre μ) -> how many; stored
+    as a `.zeros` position list, or as a `.mask` plane (one bit per entry) where that is smaller
+    or the file predates format 3."""
     from safetensors.numpy import load_file
 
     manifest = json.loads((packed_dir / "manifest.json").read_text())["tensors"]
     out = {}
     for name, words in load_file(str(packed_dir / "tensors.safetensors")).items():
-        if name.endswith(".mask"):
+        if name.endswith(".zeros"):
+            out[name.removesuffix(".zeros")] = int(words.size)
+        elif name.endswith(".mask"):
             k = manifest[name]["k"]  # bits past k in each row are padding (0)
             ones = int(np.unpackbits(np.ascontiguousarray(words).view(np.uint8)).sum())
             out[name.removesuffix(".mask")] = words.size // words.shape[-1] * k - ones
@@ -188,9 +191,10 @@ def write(res: dict, results: Path = RESULTS) -> None:
         )
     zeros = [(r, name, n) for r in res["runs"] for name, n in r.get("zero_signs", {}).items()]
     if zeros:
-        lines += ["", "Tensors that carry a nonzero-mask plane (entries exactly equal to their "
-                  "centre μ have sign 0, as in the reference; the plane costs one bit per "
-                  "entry of the tensor):", ""]  # fmt: skip
+        lines += ["", "Tensors with sign-0 entries (exactly equal to their centre μ; sign 0 as in "
+                  "the reference). Files written before format 3 store them as a mask plane "
+                  "(one bit per entry of the tensor), format 3 as a list of positions:",
+                  ""]  # fmt: skip
         lines += [f"- {r['row']} {r['task']}: `{name}`, {n} sign-0 entries" for r, name, n in zeros]
     (results / "deploy_study.md").write_text("\n".join(lines) + "\n")
 

@@ -150,7 +150,7 @@ def sizes_and_errors(size: str, seq: int) -> tuple[dict, dict[str, PackedModel]]
                 "mib_on_disk_compressed": on_disk_compressed / MIB,
                 "tensor_bytes": packed_size_bytes(tensors),
                 "bytes_by_role": estimate,
-                "mask_planes": sum(n.endswith(".mask") for n in tensors),
+                "mask_planes": sum(n.endswith((".mask", ".zeros")) for n in tensors),
                 "max_abs_logit_diff_vs_fake_quant": float(
                     jnp.max(jnp.abs(got["logits"] - ref_v["logits"]))
                 ),
