@@ -3,7 +3,7 @@
 From-scratch models barely learn in a CPU budget, so both tests start from MiniLM's weights
 (imported by `init.kind=hf`, sizes from its config.json). Dev = the first 200 SST-2 dev rows
 (majority class 50.5%). Budgets measured on the shared 2-vCPU box under load from other jobs:
-FP 30 steps ≈ 90 s wall; binary 400 steps ≈ 4 min on an idle machine.
+FP 30 steps ≈ 90 s wall; binary 600 steps ≈ 6 min on an idle machine (10.5 min loaded).
 """
 
 import importlib.util
@@ -47,17 +47,13 @@ def test_fp_minilm_sst2_beats_majority(tmp_path):
     assert acc > majority + 0.15, (acc, majority)  # measured 0.695 at 30 steps (seq 40)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (docs/architecture.md, Known open problems): since the binary products became "
-    "exact (quant/product.py) this run, seed 42, is still at the majority class at step 400 "
-    "(0.495; 0.72 before); one seed at the edge of the escape, not yet investigated",
-)
 def test_binary_bipft_minilm_sst2_beats_majority(tmp_path):
-    """W1A1 straight from FP MiniLM (no binary pretraining, no KD) stays at the majority class
-    for ~300 steps (measured: 60 or 150 steps of batch 16 on 1,200 rows, lr 2e-4 or 5e-4: 0.47-
-    0.51), then learns: 400 steps of 32 from the first 20,000 rows, warm-up + linear decay."""
-    acc, majority = _run(tmp_path, "bipft", 400, 5e-4, "max_train_rows=20000",
+    """W1A1 straight from FP MiniLM (no binary pretraining, no KD) sits at the majority class
+    (loss ≈ ln 2) for the first 250-400 steps of 32, then learns. Where the escape lands is a
+    matter of the seed: at 400 steps (linear schedule) seeds 42/1/2/3 reached 0.495/0.765/0.755/
+    0.695 (and 0.72/0.74/0.615/0.705 with the older summed-±m binary products: the same spread),
+    so the test runs 600 steps, where seed 42 escapes at ~350-400 and reaches 0.755."""
+    acc, majority = _run(tmp_path, "bipft", 600, 5e-4, "max_train_rows=20000",
                          "train.batch_size=32", "optimizer.schedule=linear",
                          "optimizer.warmup_ratio=0.1", "optimizer.clip_norm=1.0")  # fmt: skip
-    assert acc > majority + 0.1, (acc, majority)  # measured 0.72 (seed 42), 0.74 (seed 1)
+    assert acc > majority + 0.1, (acc, majority)  # measured 0.755 (seed 42, 600 steps)
