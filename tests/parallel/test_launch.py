@@ -36,7 +36,9 @@ def _fake_bin(tmp_path: Path, echo: bool) -> Path:
     bin_dir.mkdir(exist_ok=True)
     worker = "import json, sys; print(json.dumps(sys.argv[1:]))" if echo else None
     files = {
-        "scontrol": "#!/bin/sh\necho 127.0.0.1\necho 127.0.0.2\n",
+        # the pause makes a reader that stops after one line (`head -n 1`) close the pipe
+        # first, so the second write gets SIGPIPE (exit 141 under pipefail) every time
+        "scontrol": "#!/bin/sh\necho 127.0.0.1\nsleep 0.3\necho 127.0.0.2\n",
         "srun": FAKE_SRUN,
         # gcloud ... --command CMD: run CMD with bash here (as one worker would).
         "gcloud": '#!/usr/bin/env bash\nwhile [[ "$1" != --command ]]; do shift; done\n'
