@@ -50,15 +50,15 @@ def zero_signs(packed_dir: Path) -> dict[str, int]:
     or the file predates format 3."""
     from safetensors.numpy import load_file
 
+    from bipft_jax.infer.fileformat import zero_positions
+
     manifest = json.loads((packed_dir / "manifest.json").read_text())["tensors"]
     out = {}
     for name, words in load_file(str(packed_dir / "tensors.safetensors")).items():
         if name.endswith(".zeros"):
             out[name.removesuffix(".zeros")] = int(words.size)
         elif name.endswith(".mask"):
-            k = manifest[name]["k"]  # bits past k in each row are padding (0)
-            ones = int(np.unpackbits(np.ascontiguousarray(words).view(np.uint8)).sum())
-            out[name.removesuffix(".mask")] = words.size // words.shape[-1] * k - ones
+            out[name.removesuffix(".mask")] = len(zero_positions(words, manifest[name]["k"]))
     return out
 
 
