@@ -74,7 +74,7 @@ from bipft_jax.model.params import (
     unstack_layers,
     weight_quant,
 )
-from bipft_jax.quant import ActQuant, WeightQuant, quantize_weight
+from bipft_jax.quant import ActQuant, WeightQuant, binarize_weight
 
 KIND = "bipft-packed-model"
 FLOAT16 = ("none", "pos_type", "fp")
@@ -161,17 +161,13 @@ def _storage_dtype(name: str, role: str, float16: str) -> str:
 
 
 def binarize_for_packing(value: np.ndarray, wq: WeightQuant) -> tuple[np.ndarray, np.ndarray]:
-    """``(signs, scale)`` of ``quantize_weight(value, wq)`` computed by the model's own code.
-
-    ``signs`` is in {-1, 0, 1}; ``scale`` is ``m`` (keepdims shape), read back as the largest
-    magnitude of the binarized tensor along the reduced axes, so it is bit-identical to the
-    ``m`` the fake-quant forward multiplies by.
-    """
-    wb = np.asarray(quantize_weight(jnp.asarray(value, jnp.float32), wq))
-    per_channel = wq.method == "bibert" or wq.scale == "channel"
-    keep = wq.channel_axis % value.ndim
-    axes = tuple(a for a in range(value.ndim) if not (per_channel and a == keep))
-    return np.sign(wb), np.max(np.abs(wb), axis=axes, keepdims=True)
+    """``(signs, scale)`` of ``quantize_weight(value, wq)`` computed by the model's own code
+    (``binarize_weight``): ``signs`` in {-1, 0, 1}, ``scale`` the keepdims ``m`` the fake-quant
+    forward multiplies by."""
+    q = binarize_weight(jnp.asarray(value, jnp.float32), wq)
+    if q.codes is None:
+        raise ValueError(f"weight method {wq.method!r} has no binary codes to pack")
+    return np.asarray(q.codes), np.asarray(q.scale)
 
 
 def pack_model(

@@ -21,6 +21,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from bipft_jax.quant.product import Quantized
+
 ALPHA_MIN = 1e-5
 
 
@@ -60,18 +62,6 @@ def _forward(x, alpha, bits, signed, shift_min):
     return (a * _codes(xs, a, bits, signed) + offset).astype(x.dtype)
 
 
-def elastic_codes(
-    x: jax.Array, alpha: jax.Array, bits: int, signed: bool, shift_min: bool
-) -> tuple[jax.Array, jax.Array] | None:
-    """`(codes, α)` with `elastic_quantize(x, alpha, ...) == codes·α` (no gradient), or None
-    where the quantizer adds an offset (k-bit unsigned on `x - min(x)`)."""
-    if not signed and bits > 1 and shift_min:
-        return None
-    xs, _, a = _prepare(x, alpha, bits, signed, shift_min)
-    codes = _codes(xs, a, bits, signed).astype(x.dtype)
-    return jax.lax.stop_gradient(codes), jax.lax.stop_gradient(a)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def elastic_quantize(
     x: jax.Array,
@@ -108,3 +98,33 @@ def _bwd(bits, signed, numel_multiplier, shift_min, res, g):
 
 
 elastic_quantize.defvjp(_fwd, _bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _elastic_split(x, alpha, bits, signed, numel_multiplier):
+    """`(value, codes, α)` of `elastic_quantize` without offset; only the value has a gradient."""
+    xs, _, a = _prepare(x, alpha, bits, signed, False)
+    codes = _codes(xs, a, bits, signed)
+    return (a * codes).astype(x.dtype), codes.astype(x.dtype), a
+
+
+def _split_fwd(x, alpha, bits, signed, numel_multiplier):
+    return _elastic_split(x, alpha, bits, signed, numel_multiplier), (x, alpha)
+
+
+def _split_bwd(bits, signed, numel_multiplier, res, g):
+    return _bwd(bits, signed, numel_multiplier, False, res, g[0])
+
+
+_elastic_split.defvjp(_split_fwd, _split_bwd)
+
+
+def elastic_quantized(
+    x: jax.Array, alpha: jax.Array, bits: int, signed: bool, numel_multiplier: int, shift_min: bool
+) -> Quantized:
+    """`elastic_quantize` as `Quantized(value, codes, α)`, `value == codes·α`, for products
+    that apply α after an exact integer sum; codes None where the quantizer adds an offset
+    (k-bit unsigned on `x - min(x)`)."""
+    if not signed and bits > 1 and shift_min:
+        return Quantized(elastic_quantize(x, alpha, bits, signed, numel_multiplier, shift_min))
+    return Quantized(*_elastic_split(x, alpha, bits, signed, numel_multiplier))

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 from flax.core import meta, unfreeze
 
 from bipft_jax.quant.config import ActQuant, DenseQuant
-from bipft_jax.quant.elastic import elastic_codes, elastic_quantize, init_alpha
+from bipft_jax.quant.elastic import elastic_quantized, init_alpha
 from bipft_jax.quant.product import Quantized, scaled_product
 from bipft_jax.quant.ste import bool_ste, sign_ste
-from bipft_jax.quant.weights import quantize_weight, weight_codes
+from bipft_jax.quant.weights import binarize_weight
 
 Initializer = Callable[..., jax.Array]
 CALIBRATION = "calibration"  # collection written by `calibrate_alphas`
@@ -80,11 +80,8 @@ class ActQuantizer(nn.Module):
             calibrated = self.variable(CALIBRATION, "alpha", data_init, None)
             calibrated.value = data_init(None)
             alpha = calibrated.value
-        y = elastic_quantize(x, alpha, cfg.bits, signed, cfg.numel_multiplier, cfg.shift_min)
-        if not parts:
-            return y
-        split = elastic_codes(x, alpha, cfg.bits, signed, cfg.shift_min)
-        return Quantized(y) if split is None else Quantized(y, *split)
+        q = elastic_quantized(x, alpha, cfg.bits, signed, cfg.numel_multiplier, cfg.shift_min)
+        return q if parts else q.value
 
 
 class BinaryDense(nn.Module):
@@ -120,8 +117,7 @@ class BinaryDense(nn.Module):
         xq = ActQuantizer(
             self.quant.input, self.kernel_axes[0], self.param_dtype, name="input_quant"
         )(x, parts=True)
-        wcodes = weight_codes(kernel, self.quant.weight)
-        kernel = quantize_weight(kernel, self.quant.weight)
+        wq = binarize_weight(kernel, self.quant.weight, contract_axis=0)
         bias = None
         if self.use_bias:
             bias = logical_param(
@@ -132,15 +128,16 @@ class BinaryDense(nn.Module):
                 (self.features,),
                 self.param_dtype,
             )
-        x, kernel, bias = nn.dtypes.promote_dtype(xq.value, kernel, bias, dtype=self.dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(xq.value, wq.value, bias, dtype=self.dtype)
         dims = (((x.ndim - 1,), (0,)), ((), ()))
         product = _dot_product(dims, self.precision)
-        if wcodes is None:
+        if wq.codes is None or wq.scale is None:
             y = product(x, kernel, None)
         else:
-            signs, m = wcodes
-            scales = (m.reshape(m.shape[1:]),) + (() if xq.scale is None else (xq.scale,))
-            y = scaled_product(product, Quantized(x, xq.codes), Quantized(kernel, signs), scales)
+            scales = (wq.scale.reshape(wq.scale.shape[1:]),) + (
+                () if xq.scale is None else (xq.scale,)
+            )
+            y = scaled_product(product, Quantized(x, xq.codes), Quantized(kernel, wq.codes), scales)
         if bias is not None:
             y = y + bias
         return y
