@@ -57,30 +57,21 @@ def _codes(xs, a, bits, signed):
     return jnp.clip(jnp.round(xs / a), qn, qp)
 
 
-def _forward(x, alpha, bits, signed, shift_min):
-    xs, offset, a = _prepare(x, alpha, bits, signed, shift_min)
-    return (a * _codes(xs, a, bits, signed) + offset).astype(x.dtype)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def elastic_quantize(
-    x: jax.Array,
-    alpha: jax.Array,
-    bits: int = 1,
-    signed: bool = True,
-    numel_multiplier: int = 1,
-    shift_min: bool = True,
-) -> jax.Array:
-    """Elastic (LSQ-style) quantizer with learnable scalar step `alpha`; see module docstring."""
-    return _forward(x, alpha, bits, signed, shift_min)
+def _elastic(x, alpha, bits, signed, numel_multiplier, shift_min):
+    """`(value, codes, α)` with `value == codes·α + offset`; only the value has a gradient."""
+    xs, offset, a = _prepare(x, alpha, bits, signed, shift_min)
+    codes = _codes(xs, a, bits, signed)
+    return (a * codes + offset).astype(x.dtype), codes.astype(x.dtype), a
 
 
 def _fwd(x, alpha, bits, signed, numel_multiplier, shift_min):
-    return _forward(x, alpha, bits, signed, shift_min), (x, alpha)
+    return _elastic(x, alpha, bits, signed, numel_multiplier, shift_min), (x, alpha)
 
 
-def _bwd(bits, signed, numel_multiplier, shift_min, res, g):
+def _bwd(bits, signed, numel_multiplier, shift_min, res, gs):
     x, alpha = res
+    g = gs[0]
     xs, _, a = _prepare(x, alpha, bits, signed, shift_min)
     qn, qp = levels(bits, signed)
     gf = g.astype(jnp.float32)
@@ -97,26 +88,19 @@ def _bwd(bits, signed, numel_multiplier, shift_min, res, g):
     return grad_x, grad_alpha.astype(alpha.dtype).reshape(alpha.shape)
 
 
-elastic_quantize.defvjp(_fwd, _bwd)
+_elastic.defvjp(_fwd, _bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _elastic_split(x, alpha, bits, signed, numel_multiplier):
-    """`(value, codes, α)` of `elastic_quantize` without offset; only the value has a gradient."""
-    xs, _, a = _prepare(x, alpha, bits, signed, False)
-    codes = _codes(xs, a, bits, signed)
-    return (a * codes).astype(x.dtype), codes.astype(x.dtype), a
-
-
-def _split_fwd(x, alpha, bits, signed, numel_multiplier):
-    return _elastic_split(x, alpha, bits, signed, numel_multiplier), (x, alpha)
-
-
-def _split_bwd(bits, signed, numel_multiplier, res, g):
-    return _bwd(bits, signed, numel_multiplier, False, res, g[0])
-
-
-_elastic_split.defvjp(_split_fwd, _split_bwd)
+def elastic_quantize(
+    x: jax.Array,
+    alpha: jax.Array,
+    bits: int = 1,
+    signed: bool = True,
+    numel_multiplier: int = 1,
+    shift_min: bool = True,
+) -> jax.Array:
+    """Elastic (LSQ-style) quantizer with learnable scalar step `alpha`; see module docstring."""
+    return _elastic(x, alpha, bits, signed, numel_multiplier, shift_min)[0]
 
 
 def elastic_quantized(
@@ -125,6 +109,7 @@ def elastic_quantized(
     """`elastic_quantize` as `Quantized(value, codes, α)`, `value == codes·α`, for products
     that apply α after an exact integer sum; codes None where the quantizer adds an offset
     (k-bit unsigned on `x - min(x)`)."""
+    value, codes, a = _elastic(x, alpha, bits, signed, numel_multiplier, shift_min)
     if not signed and bits > 1 and shift_min:
-        return Quantized(elastic_quantize(x, alpha, bits, signed, numel_multiplier, shift_min))
-    return Quantized(*_elastic_split(x, alpha, bits, signed, numel_multiplier))
+        return Quantized(value)
+    return Quantized(value, codes, a)
