@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from common import interleaved, random_pretrain_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,49 +281,9 @@ def glue_epoch_ours(
 def glue_epoch_torch(minilm: str) -> float:
     """Wall seconds of a plain PyTorch loop: read + tokenize STS-B, 1 epoch (per-batch padding,
     AdamW, linear warm-up/decay, clip 1.0), evaluate dev."""
-    import torch
-    from transformers import BertForSequenceClassification, BertTokenizer
+    from fp_reference_torch import finetune_torch
 
-    from bipft_jax import paths
-    from bipft_jax.data.glue import load_glue
-
-    t0 = time.perf_counter()
-    tok = BertTokenizer.from_pretrained(minilm)
-    model = BertForSequenceClassification.from_pretrained(minilm, num_labels=1).train()
-    glue = paths.default_glue_dir()
-    train, dev = load_glue("stsb", "train", glue), load_glue("stsb", "dev", glue)
-
-    def encode(rows):
-        enc = tok(
-            [r.text_a for r in rows],
-            [r.text_b for r in rows],
-            truncation=True,
-            max_length=128,
-            padding=True,
-            return_tensors="pt",
-        )
-        return enc, torch.tensor([r.label for r in rows], dtype=torch.float32)
-
-    order = np.random.default_rng(0).permutation(len(train))
-    steps = len(train) // 32
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / (0.1 * steps), max(0.0, (steps - s) / (0.9 * steps)))
-    )
-    for i in range(steps):
-        enc, y = encode([train[j] for j in order[i * 32 : (i + 1) * 32]])
-        loss = torch.nn.functional.mse_loss(model(**enc).logits[:, 0], y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(dev), 128):
-            enc, _ = encode(dev[i : i + 128])
-            model(**enc)
-    return time.perf_counter() - t0
+    return finetune_torch(minilm, "stsb", seed=0, epochs=1.0, max_length=128)["wall_s"]
 
 
 # ----------------------------------------------------------------------------- report
