@@ -48,6 +48,7 @@ def finetune_torch(
     train_rows: int = 0,
     lr: float = 5e-5,
     batch_size: int = 32,
+    progress: bool = False,
 ) -> dict:
     """Fine-tune HF MiniLM on one GLUE task (tokenizing per batch, padded to the batch's longest
     row) and score dev after the last epoch; returns the dev metrics and the wall seconds of the
@@ -109,6 +110,10 @@ def finetune_torch(
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if progress and (step + 1) % 25 == 0:
+            done = time.perf_counter() - t0
+            print(f"{task} seed {seed}: step {step + 1}/{total}, {done:.0f} s, "
+                  f"ETA {done / (step + 1) * (total - step - 1):.0f} s", flush=True)  # fmt: skip
     model.eval()
     preds = []
     with torch.no_grad():
@@ -185,7 +190,7 @@ def main() -> None:
         for seed in (int(s) for s in a.seeds.split(",")):
             if any(r["task"] == task and r["seed"] == seed for r in res["runs"]):
                 continue
-            run = finetune_torch(minilm, task, seed, epochs, max_length, rows)
+            run = finetune_torch(minilm, task, seed, epochs, max_length, rows, progress=True)
             res["runs"].append({"task": task, "seed": seed, **run})
             print(json.dumps(res["runs"][-1]), flush=True)
             write(res, Path(a.results))
