@@ -125,6 +125,8 @@ def finetune_torch(
 
 
 def write(res: dict, results: Path = RESULTS) -> None:
+    from bipft_jax.glue.study_table import FP_REFERENCE
+
     results.mkdir(parents=True, exist_ok=True)
     (results / "fp_reference_torch.json").write_text(json.dumps(res, indent=2) + "\n")
     lines = [
@@ -144,10 +146,11 @@ def write(res: dict, results: Path = RESULTS) -> None:
     ]
     for task in sorted({r["task"] for r in res["runs"]}):
         runs = sorted((r for r in res["runs"] if r["task"] == task), key=lambda r: r["seed"])
-        shown = [k for k in runs[0]["metrics"] if f"{task} {k}" in ENV_REFERENCE] or ["main"]
+        refs = FP_REFERENCE.get(task, {})  # environment.md's one-seed measurement
+        shown = [k for k in runs[0]["metrics"] if k in refs] or ["main"]
         for metric in shown:
             vals = [100 * r["metrics"][metric] for r in runs]
-            ref = ENV_REFERENCE.get(f"{task} {metric}")
+            ref = refs.get(metric)
             lines.append(
                 f"| {task} | {metric} | {','.join(str(r['seed']) for r in runs)} | "
                 f"{', '.join(f'{v:.1f}' for v in vals)} | {statistics.median(vals):.1f} "
@@ -155,16 +158,6 @@ def write(res: dict, results: Path = RESULTS) -> None:
                 f"{statistics.median(r['wall_s'] for r in runs):.0f} s |"
             )
     (results / "fp_reference_torch.md").write_text("\n".join(lines) + "\n")
-
-
-# The one-seed PyTorch measurement of `../shared/docs/environment.md`.
-ENV_REFERENCE = {
-    "cola mcc": 25.6,
-    "sst2 accuracy": 87.0,
-    "stsb pearson": 84.7,
-    "stsb spearman": 85.0,
-    "rte accuracy": 58.1,
-}
 
 
 def main() -> None:
