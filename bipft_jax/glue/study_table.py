@@ -100,19 +100,43 @@ def _cost(recs: list[dict]) -> dict:
 
 
 def curve(records: list[dict], tasks: Sequence[str]) -> list[dict]:
-    """BiPFT-B's average against its pretraining tokens (final checkpoints, curve seeds)."""
-    pts = []
+    """BiPFT-B against its pretraining tokens: final checkpoints, paper convention.
+
+    Every point uses only the seeds that finished every task at every point (the curve seeds),
+    so the points compare like for like; the full bipft_b row is in the main table.
+    """
     rows = [r for r in records if r["row"] == "bipft_b" and r["pretrain_fraction"] is not None]
     fractions = sorted({r["pretrain_fraction"] for r in rows})
-    for f in fractions:
-        recs = [r for r in records if r["row"] == "bipft_b" and r["pretrain_fraction"] == f]
-        for conv in ("paper",):
-            avgs = _seed_averages(recs, tasks, "final", conv)
-            if avgs:
-                tokens = max(r["pretrain_tokens"] for r in recs)
-                pts.append({"fraction": f, "tokens": tokens, "seeds": len(avgs),
-                            "avg_paper": _stats(avgs)})  # fmt: skip
+    if len(fractions) < 2:
+        return []
+    by_point = {f: [r for r in rows if r["pretrain_fraction"] == f] for f in fractions}
+    complete = [{s for s in {r["seed"] for r in recs}
+                 if all(any(r["seed"] == s and r["task"] == t for r in recs) for t in tasks)}
+                for recs in by_point.values()]  # fmt: skip
+    seeds = set.intersection(*complete)
+    pts = []
+    for f, recs in by_point.items():
+        recs = [r for r in recs if r["seed"] in seeds]
+        if not recs:
+            continue
+        per_task = {t: _stats([task_score(t, _dev(r, "final"), "paper") for r in recs
+                               if r["task"] == t]) for t in tasks}  # fmt: skip
+        avg = _stats(_seed_averages(recs, tasks, "final", "paper"))
+        pts.append({"fraction": f, "tokens": max(r["pretrain_tokens"] for r in recs),
+                    "seeds": sorted(seeds), "tasks": per_task, "avg_paper": avg})  # fmt: skip
     return pts
+
+
+def curve_sentence(pts: list[dict]) -> str:
+    """One line on the trend: the task average at each share of the pretraining budget."""
+    if len(pts) < 2:
+        return ""
+    steps = " → ".join(f"{p['avg_paper']['median']:.1f} ({p['fraction']:g})" for p in pts)
+    gain = pts[-1]["avg_paper"]["median"] - pts[0]["avg_paper"]["median"]
+    seeds = ", ".join(str(s) for s in pts[0]["seeds"])
+    return (f"BiPFT-B's task average against its share of the pretraining budget: {steps}; "
+            f"{gain:+.1f} from {pts[0]['fraction']:g} to {pts[-1]['fraction']:g} "
+            f"(seed {seeds}, final checkpoints, paper convention).")
 
 
 def _cell(s: dict | None) -> str:
@@ -185,12 +209,16 @@ def to_markdown(summary: dict, pts: list[dict], tasks: Sequence[str], info: dict
                      f"{c['finetune_seconds_total'] / 3600:.2f} h | {c['runs']} | "
                      f"{', '.join(f'{x:g}' for x in c['lr'])} |")  # fmt: skip
     if pts:
-        lines += ["", "## BiPFT-B against pretraining tokens (final checkpoints, avg paper)", ""]
-        lines += ["| pretraining tokens | share of budget | seeds | avg (paper) |"]
-        lines += ["|---|---|---|---|"]
+        lines += ["", "## BiPFT-B against pretraining tokens (final checkpoints, paper convention)",
+                  "", curve_sentence(pts), ""]  # fmt: skip
+        names = [TASKS[t][0].split(" ")[0] for t in tasks]
+        lines += ["| pretraining tokens | share of budget | seeds | " + " | ".join(names)
+                  + " | avg (paper) |", "|---" * (len(tasks) + 4) + "|"]  # fmt: skip
         for p in pts:
-            cell = _cell(p["avg_paper"])
-            lines.append(f"| {p['tokens']:,} | {p['fraction']:g} | {p['seeds']} | {cell} |")
+            cells = [_cell(p["tasks"][t]) for t in tasks] + [_cell(p["avg_paper"])]
+            seeds = ", ".join(str(s) for s in p["seeds"])
+            lines.append(f"| {p['tokens']:,} | {p['fraction']:g} | {seeds} | " + " | ".join(cells)
+                         + " |")  # fmt: skip
     if "fp" in summary:
         lines += ["", "## FP sanity anchor (final, vs the PyTorch reference on this machine kind)",
                   "", "| metric | ours: median [min, max] | PyTorch reference (1 seed) |",
@@ -231,10 +259,12 @@ def plot(summary: dict, pts: list[dict], path: Path) -> Path | None:
     if pts:
         ax2 = axes[0][1]
         t = [p["tokens"] / 1e6 for p in pts]
-        m = [p["avg_paper"]["median"] for p in pts]
-        ax2.plot(t, m, "o-")
+        for task in pts[0]["tasks"]:
+            ax2.plot(t, [p["tasks"][task]["median"] for p in pts], ".--", lw=1, label=task)
+        ax2.plot(t, [p["avg_paper"]["median"] for p in pts], "o-k", lw=2, label="average")
+        ax2.legend(fontsize=8)
         ax2.set_xlabel("binary pretraining tokens (M)")
-        ax2.set_ylabel("BiPFT-B task average")
+        ax2.set_ylabel("BiPFT-B score (paper metric)")
         ax2.set_title("BiPFT-B against pretraining")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

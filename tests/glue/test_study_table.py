@@ -67,3 +67,22 @@ def test_verdict_flags_one_seed_and_overlapping_ranges():
     assert study_table.verdict(
         study_table.summarise(_records({"bit": [(0.2, 0.6)]}), TASKS)
     ).startswith("Not enough finished runs")
+
+
+def test_curve_compares_the_common_seeds_task_by_task():
+    rng = np.random.default_rng(1)
+    scores = {f: rng.uniform(0.1, 0.9, size=(3, 2)) for f in (0.0, 0.5, 1.0)}
+    records = [_rec("bipft_b", task, seed, scores[f][seed - 1, i], fraction=f)
+               for f in scores for seed in (1, 2, 3) for i, task in enumerate(TASKS)
+               if f == 1.0 or seed == 1]  # fmt: skip
+    pts = study_table.curve(records, TASKS)
+    assert [p["fraction"] for p in pts] == [0.0, 0.5, 1.0]
+    assert all(p["seeds"] == [1] for p in pts)  # seeds 2-3 of the full row are left out
+    for p in pts:
+        want = scores[p["fraction"]][0]
+        np.testing.assert_allclose(p["avg_paper"]["median"], 100 * want.mean())
+        np.testing.assert_allclose(p["tasks"]["stsb"]["median"], 100 * want[1])
+    text = study_table.curve_sentence(pts)
+    gain = 100 * (scores[1.0][0].mean() - scores[0.0][0].mean())
+    assert f"{gain:+.1f} from 0 to 1" in text and "(seed 1," in text
+    assert study_table.curve([r for r in records if r["pretrain_fraction"] == 1.0], TASKS) == []
