@@ -214,7 +214,7 @@ def to_markdown(summary: dict, pts: list[dict], tasks: Sequence[str], info: dict
         lines += ["", "## BiPFT-B against pretraining tokens (final checkpoints, paper convention)",
                   "", curve_sentence(pts), ""]  # fmt: skip
         names = [TASKS[t][0].split(" ")[0] for t in tasks]
-        lines += ["| pretraining tokens | share of budget | seeds | " + " | ".join(names)
+        lines += ["| pretraining tokens | share of budget | seeds used | " + " | ".join(names)
                   + " | avg (paper) |", "|---" * (len(tasks) + 4) + "|"]  # fmt: skip
         for p in pts:
             cells = [_cell(p["tasks"][t]) for t in tasks] + [_cell(p["avg_paper"])]
