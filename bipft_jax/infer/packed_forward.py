@@ -19,7 +19,9 @@ present (``lax.cond``), else the one-plane path (native ``jax.ffi`` kernel with
 ``kernel="native"``). The fake-quant model computes its binary products the same way (integer
 codes first, then one combined scale ``m·α``; ``quant/product.py``) and its LayerNorm with the
 same ``normalize``, so on XLA:CPU the two give identical logits (every GLUE-study model,
-``benchmarks/results/deploy_study.md``; random models in ``tests/infer/test_packed_model.py``).
+``benchmarks/results/deploy_study.md``; random models in ``tests/infer/test_packed_model.py``),
+also where the caller's ``jit`` closes over the packed model and its scales become compile-time
+constants (``_times``; ``tests/infer/test_packed_constants.py``).
 """
 
 from __future__ import annotations
@@ -152,9 +154,16 @@ class _Ctx:
 
 def _times(x: Array, *scales: Array | None) -> Array:
     """``x`` times the product of the scales that are not None, multiplied together first
-    (``quant.product.combined_scale``, the fake-quant model's order)."""
+    (``quant.product.combined_scale``, the fake-quant model's order).
+
+    The product passes an optimization barrier: where the model is closed over by the caller's
+    ``jit``, its α and m are compile-time constants, and XLA folds ``(x·c)·(1/√d)`` on the
+    scores into ``x·(c/√d)``, one rounding instead of the fake-quant model's two (its α are
+    runtime params); a softmax output within an ulp of ``α_p/2`` then binarizes differently
+    (seen on a trained BiT model). Behind the barrier the scale is an opaque runtime value
+    either way."""
     present = [s for s in scales if s is not None]
-    return x * combined_scale(present) if present else x
+    return x * lax.optimization_barrier(combined_scale(present)) if present else x
 
 
 def packed_encoder_layer(
