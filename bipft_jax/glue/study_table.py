@@ -110,15 +110,14 @@ def curve(records: list[dict], tasks: Sequence[str]) -> list[dict]:
     if len(fractions) < 2:
         return []
     by_point = {f: [r for r in rows if r["pretrain_fraction"] == f] for f in fractions}
-    complete = [{s for s in {r["seed"] for r in recs}
-                 if all(any(r["seed"] == s and r["task"] == t for r in recs) for t in tasks)}
-                for recs in by_point.values()]  # fmt: skip
-    seeds = set.intersection(*complete)
+    complete = {f: {s for s in {r["seed"] for r in recs}
+                    if all(any(r["seed"] == s and r["task"] == t for r in recs) for t in tasks)}
+                for f, recs in by_point.items()}  # fmt: skip
+    done = [f for f in fractions if complete[f]]  # a point still running is left out
+    seeds = set.intersection(*(complete[f] for f in done)) if len(done) > 1 else set()
     pts = []
-    for f, recs in by_point.items():
-        recs = [r for r in recs if r["seed"] in seeds]
-        if not recs:
-            continue
+    for f in done if seeds else []:
+        recs = [r for r in by_point[f] if r["seed"] in seeds]
         per_task = {t: _stats([task_score(t, _dev(r, "final"), "paper") for r in recs
                                if r["task"] == t]) for t in tasks}  # fmt: skip
         avg = _stats(_seed_averages(recs, tasks, "final", "paper"))

@@ -86,3 +86,5 @@ def test_curve_compares_the_common_seeds_task_by_task():
     gain = 100 * (scores[1.0][0].mean() - scores[0.0][0].mean())
     assert f"{gain:+.1f} from 0 to 1" in text and "(seed 1," in text
     assert study_table.curve([r for r in records if r["pretrain_fraction"] == 1.0], TASKS) == []
+    running = records + [_rec("bipft_b", "cola", 1, 0.5, fraction=0.25)]  # stsb not finished
+    assert [p["fraction"] for p in study_table.curve(running, TASKS)] == [0.0, 0.5, 1.0]
