@@ -263,7 +263,7 @@ def plot(summary: dict, pts: list[dict], path: Path) -> Path | None:
         for task in pts[0]["tasks"]:
             ax2.plot(t, [p["tasks"][task]["median"] for p in pts], ".--", lw=1, label=task)
         ax2.plot(t, [p["avg_paper"]["median"] for p in pts], "o-k", lw=2, label="average")
-        ax2.legend(fontsize=8)
+        ax2.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax2.set_xlabel("binary pretraining tokens (M)")
         ax2.set_ylabel("BiPFT-B score (paper metric)")
         ax2.set_title("BiPFT-B against pretraining")
