@@ -228,6 +228,11 @@ def to_markdown(summary: dict, pts: list[dict], tasks: Sequence[str], info: dict
             for m, ref in FP_REFERENCE.get(t, {}).items():
                 ours = summary["fp"]["final"].get(f"{t}/{m}")
                 lines.append(f"| {t} {m} | {_cell(ours)} | {ref:.1f} |")
+        spread = (
+            "The reference's own spread over seeds (the same recipe in HF transformers + "
+            "PyTorch): `fp_reference_torch.md`, from `benchmarks/fp_reference_torch.py`."
+        )
+        lines += ["", spread]
     lines += ["", "## How it was run", "", f"Machine: {json.dumps(info.get('machine', {}))}", ""]
     lines += ["```", info.get("command", ""), "```", "", "One command per row (first seed):", ""]
     lines += ["```"]
