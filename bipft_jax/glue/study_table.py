@@ -132,11 +132,13 @@ def curve_sentence(pts: list[dict]) -> str:
         return ""
     steps = " → ".join(f"{p['avg_paper']['median']:.1f} ({p['fraction']:g})" for p in pts)
     gain = pts[-1]["avg_paper"]["median"] - pts[0]["avg_paper"]["median"]
-    seeds = ", ".join(str(s) for s in pts[0]["seeds"])
+    seeds = ("seeds " if len(pts[0]["seeds"]) > 1 else "seed ") + ", ".join(
+        str(s) for s in pts[0]["seeds"]
+    )
     return (
         f"BiPFT-B's task average against its share of the pretraining budget: {steps}; "
         f"{gain:+.1f} from {pts[0]['fraction']:g} to {pts[-1]['fraction']:g} "
-        f"(seed {seeds}, final checkpoints, paper convention)."
+        f"({seeds}, final checkpoints, paper convention)."
     )
 
 
