@@ -107,8 +107,6 @@ def curve(records: list[dict], tasks: Sequence[str]) -> list[dict]:
     """
     rows = [r for r in records if r["row"] == "bipft_b" and r["pretrain_fraction"] is not None]
     fractions = sorted({r["pretrain_fraction"] for r in rows})
-    if len(fractions) < 2:
-        return []
     by_point = {f: [r for r in rows if r["pretrain_fraction"] == f] for f in fractions}
     complete = {f: {s for s in {r["seed"] for r in recs}
                     if all(any(r["seed"] == s and r["task"] == t for r in recs) for t in tasks)}
