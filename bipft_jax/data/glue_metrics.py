@@ -63,15 +63,49 @@ def spearman(x, y) -> float:
     return pearson(rankdata(x), rankdata(y))
 
 
+def roc_auc(scores, positive) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean ``positive`` (Mann-Whitney U with
+    ties counted half; NaN when one of the two classes is absent)."""
+    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    u = rankdata(scores)[positive].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def collapse_metrics(logits, labels) -> dict[str, float]:
+    """What tells "one class" from "signal below the threshold" on a classification split:
+    ``share_<c>``, the fraction of rows predicted as class c; ``one_class`` (1.0 when a single
+    class is predicted); ``margin_auc``, the ROC AUC of the logit margin (binary: z1 - z0; more
+    classes: mean one-vs-rest AUC of z_c - max of the others). An AUC above 0.5 with one class
+    predicted means the model ranks rows but its threshold sits outside their range."""
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
+    k = logits.shape[1]
+    shares = np.bincount(logits.argmax(-1), minlength=k) / len(logits)
+    out = {f"share_{c}": float(shares[c]) for c in range(k)}
+    out["one_class"] = float(shares.max() == 1.0)
+    if k == 2:
+        out["margin_auc"] = roc_auc(logits[:, 1] - logits[:, 0], labels == 1)
+    else:
+        aucs = [roc_auc(logits[:, c] - np.delete(logits, c, 1).max(1), labels == c)
+                for c in range(k)]  # fmt: skip
+        out["margin_auc"] = float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan")
+    return out
+
+
 def task_metrics(task: str, preds, labels) -> dict[str, float]:
     """All metrics of a task; `main` repeats the task's main metric.
 
-    Classification `preds` are label ids (or logits [N, C], argmax'ed); STS-B takes scores.
+    Classification `preds` are label ids (or logits [N, C], argmax'ed: then the collapse
+    diagnostics of `collapse_metrics` are added); STS-B takes scores.
     Multi-metric tasks get `combined` = mean of their two numbers (the GLUE-server convention).
     """
     spec = get_task(task)
     preds = np.asarray(preds)
+    collapse: dict[str, float] = {}
     if not spec.is_regression and preds.ndim == 2:
+        collapse = collapse_metrics(preds, labels)
         preds = preds.argmax(-1)
     if spec.is_regression and preds.ndim == 2:
         preds = preds[:, 0]
@@ -87,6 +121,7 @@ def task_metrics(task: str, preds, labels) -> dict[str, float]:
         if "mcc" in spec.metrics:
             out["mcc"] = matthews_corrcoef(preds, labels)
     out["main"] = out[spec.main_metric]
+    out.update(collapse)
     return out
 
 

@@ -196,7 +196,9 @@ def run_stage(
     lr = tr.teacher_lr if is_teacher_stage else tr.lr
     opt_cfg = _optimizer_config(cfg, lr, total)
     tx, lr_fn = make_optimizer(opt_cfg), lr_schedule(opt_cfg)
-    first = glue_data.train_batch(task.train, tr.batch_size, cfg.seed + index, 0, tr.pad_multiple,
+    # α is calibrated on the first batch padded to max_length, as in the references (their rows
+    # are always padded): α_probs = 4·mean(P) = 4/max_length whatever the length bucket.
+    first = glue_data.train_batch(task.train, tr.batch_size, cfg.seed + index, 0, pad_multiple=0,
                                   group_by_length=tr.group_by_length)  # fmt: skip
     params, init_desc = _initial_params(cfg, model, first, index, init)
 

@@ -91,3 +91,39 @@ def test_glue_average_conventions_reproduce_bit_table():
         gm.glue_average({k: 1.0 for k in gm.GLUE_8TASK_KEYS}, "9numbers")
     with pytest.raises(KeyError, match="unknown GLUE average convention"):
         gm.glue_average(bit, "10task")
+
+
+def test_roc_auc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    s = np.round(rng.normal(size=200) + 0.7 * y, 1)  # rounded: many ties
+    assert gm.roc_auc(s, y == 1) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+    assert np.isnan(gm.roc_auc(s, np.zeros(200, bool)))
+
+
+def test_collapse_metrics_tell_one_class_from_no_signal():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 300)
+    # One class predicted, yet the margin ranks the rows: AUC well above 0.5.
+    z = np.stack([np.full(300, 5.0), rng.normal(size=300) + y], 1)
+    m = gm.task_metrics("rte", z, y)
+    assert m["share_0"] == 1.0 and m["share_1"] == 0.0 and m["one_class"] == 1.0
+    assert m["margin_auc"] == pytest.approx(skm.roc_auc_score(y, z[:, 1] - z[:, 0]))
+    assert m["margin_auc"] > 0.65
+    z2 = rng.normal(size=(300, 2))
+    m2 = gm.task_metrics("cola", z2, y)
+    assert m2["one_class"] == 0.0
+    assert m2["share_0"] + m2["share_1"] == pytest.approx(1.0)
+    assert m2["share_1"] == pytest.approx(np.mean(z2.argmax(-1) == 1))
+
+
+def test_collapse_metrics_multiclass_is_mean_one_vs_rest():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 240)
+    z = rng.normal(size=(240, 3)) + np.eye(3)[y]
+    m = gm.collapse_metrics(z, y)
+    want = np.mean([
+        skm.roc_auc_score(y == c, z[:, c] - np.delete(z, c, 1).max(1)) for c in range(3)
+    ])  # fmt: skip
+    assert m["margin_auc"] == pytest.approx(want)
+    assert sum(m[f"share_{c}"] for c in range(3)) == pytest.approx(1.0)
