@@ -48,27 +48,41 @@ class Job:
     task: str = ""
     seed: int = 0
     fraction: float = 1.0  # share of the pretraining budget the init comes from (curve)
+    prefix: str = ""  # names the binary runs of a study variant apart ("paper-bit__rte__s1")
 
     @property
     def name(self) -> str:
         if self.kind == "pretrain":
             return f"pretrain__{self.row}"
         row = self.row if self.fraction == 1.0 else f"{self.row}@{self.fraction:g}"
-        return f"{row}__{self.task}__s{self.seed}"
+        return f"{self.prefix}{row}__{self.task}__s{self.seed}"
 
     def workdir(self, root: Path) -> Path:
         return root / "runs" / self.name
 
 
+def pretrain_row(cfg: ConfigDict, row: str) -> str:
+    """The row whose binary pretraining initialises ``row`` (``cfg.pretrain_of``: rows that
+    share another row's pretraining, e.g. the same BiPFT-B at another fine-tuning lr)."""
+    return dict(cfg.get("pretrain_of", {})).get(row, row)
+
+
+def task_seeds(cfg: ConfigDict, task: str) -> tuple[int, ...]:
+    """The seeds a task runs (``cfg.task_seeds`` narrows a costly task, e.g. SST-2 to one)."""
+    return tuple(dict(cfg.get("task_seeds", {})).get(task, cfg.seeds))
+
+
 def jobs(cfg: ConfigDict) -> list[Job]:
     """Every job, in the order they run (dependencies first)."""
     binary = [r for r in cfg.rows if r != "fp"]
+    prefix = cfg.get("run_prefix", "")
     out = []
     for i, s in enumerate(cfg.seeds):  # every row's first seed before any row's second
-        out += [Job("finetune", "fp", t, s) for t in cfg.tasks]
+        tasks = [t for t in cfg.tasks if s in task_seeds(cfg, t)]
+        out += [Job("finetune", "fp", t, s) for t in tasks]
         for r in binary:  # a pretraining runs just before the first row that needs it
             out += [Job("pretrain", r)] if i == 0 and r in cfg.pretrain else []
-            out += [Job("finetune", r, t, s) for t in cfg.tasks]
+            out += [Job("finetune", r, t, s, prefix=prefix) for t in tasks]
     if "bipft_b" in cfg.rows:
         out += [Job("finetune", "bipft_b", t, s, f) for f in cfg.curve_fractions
                 for s in cfg.curve_seeds for t in cfg.tasks]  # fmt: skip
@@ -95,13 +109,13 @@ def command(job: Job, cfg: ConfigDict, root: Path) -> list[str]:
                 *[f"--config.{s}" for s in sets]]  # fmt: skip
     row = job.row
     sets = [f"seed={job.seed}", *cfg.finetune_overrides]
-    if row in ("bibert", "bit"):
+    if row.startswith(("bibert", "bit")):  # task-specific students of the FP run
         fp = Job("finetune", "fp", job.task, job.seed).workdir(root) / "0_fp" / "final"
         sets += [f"init.path={fp}", f"kd.teacher_path={fp}"]
     elif row.startswith("bipft") and job.fraction == 0.0:
         row = "bipft_b0"  # MiniLM binarized without pretraining
     elif row.startswith("bipft"):
-        pre = Job("pretrain", row).workdir(root)
+        pre = Job("pretrain", pretrain_row(cfg, row)).workdir(root)
         sets += [f"init.path={pre}", f"init.step={pretrain_steps_at(cfg, job.fraction)}"]
     spec = f"{cfg.finetune_config}:{row}:{job.task}"
     return ["bipft", "finetune", "--config", spec, "--workdir", work,
@@ -141,7 +155,7 @@ def record(job: Job, cfg: ConfigDict, root: Path, cmd: list[str], where: dict) -
     stage = res["result"]
     tokens, pre_seconds = 0, 0.0
     if job.row.startswith("bipft") and job.fraction > 0:
-        pre = Job("pretrain", job.row).workdir(root)
+        pre = Job("pretrain", pretrain_row(cfg, job.row)).workdir(root)
         pcfg = json.loads((pre / "config.json").read_text())
         d = pcfg["data"]
         tokens = pretrain_steps_at(cfg, job.fraction) * d["global_batch_size"] * d["seq_len"]

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from bipft_jax.glue import study_targets
+
 # task -> (column title, metric keys shown)
 TASKS = {
     "cola": ("CoLA MCC", ("mcc",)),
@@ -35,6 +37,8 @@ ROW_TITLES = {
     "bit": "BiT task-specific (FP teacher, BiT KD)",
     "bipft_a": "BiPFT-A (binary-pretrained, no estimators)",
     "bipft_b": "BiPFT-B (binary-pretrained, estimators)",
+    "bipft_a_hi": "BiPFT-A at the study's lr 2e-4",
+    "bipft_b_hi": "BiPFT-B at the study's lr 2e-4",
 }
 # The PyTorch reference measurement of the FP recipe on this machine kind (environment.md).
 FP_REFERENCE = {"cola": {"mcc": 25.6}, "sst2": {"accuracy": 87.0},
@@ -182,9 +186,13 @@ def verdict(summary: dict) -> str:
     return " ".join(out)
 
 
-def to_markdown(summary: dict, pts: list[dict], tasks: Sequence[str], info: dict) -> str:
+def to_markdown(
+    summary: dict, pts: list[dict], tasks: Sequence[str], info: dict, judged: Sequence[str] = ()
+) -> str:
     cols = [TASKS[t][0] for t in tasks] + ["avg (paper)", "avg (GLUE)"]
     title = "# GLUE study: FP MiniLM vs BiBERT, BiT and BiPFT (W1A1), from the real MiniLM-L6-H384"
+    if info.get("budget"):
+        title += f" — {info['budget']}"
     lines = [title, "", info.get("about", ""), "", f"**Verdict.** {verdict(summary)}", ""]
     for which, title in (("final", "Final checkpoint"), ("best", "Best dev checkpoint")):
         lines += [f"## {title} (median [min, max] over seeds, ×100)", "",
@@ -233,7 +241,8 @@ def to_markdown(summary: dict, pts: list[dict], tasks: Sequence[str], info: dict
             "PyTorch): `fp_reference_torch.md`, from `benchmarks/fp_reference_torch.py`."
         )
         lines += ["", spread]
-    lines += ["", "## How it was run", "", f"Machine: {json.dumps(info.get('machine', {}))}", ""]
+    lines += ["", *judged]
+    lines += ["## How it was run", "", f"Machine: {json.dumps(info.get('machine', {}))}", ""]
     lines += ["```", info.get("command", ""), "```", "", "One command per row (first seed):", ""]
     lines += ["```"]
     lines += info.get("examples", [])
@@ -296,14 +305,20 @@ def build_tables(results: str | Path, cfg: Any) -> list[Path]:
                   f"{len(records)} finished fine-tuning runs. Recipe: `{cfg.finetune_config}`; "
                   f"binary pretraining: `{cfg.pretrain_config}` for {cfg.pretrain_steps} steps."),
         "machine": records[-1].get("machine", {}),
-        "command": "bipft study --config configs/study/minilm.py --workdir workdir/study --commit",
+        "command": "bipft study --config configs/study/minilm.py"
+        + (":paper" if cfg.get("compare_with") else "") + " --workdir workdir/study --commit",
         "examples": list(first.values()),
+        "budget": "each paper's own fine-tuning budget" if cfg.get("compare_with") else "",
     }  # fmt: skip
+    other = study_targets.compare_summary(cfg.get("compare_with", ""))
+    judged = study_targets.markdown(summary, records, other, ROW_TITLES)
     data = {"tasks": tasks, "summary": summary, "curve": pts, "verdict": verdict(summary),
+            "one_class": study_targets.one_class_runs(records),
+            "target": study_targets.target_check(summary, records) if other else None,
             "runs": records, **info}  # fmt: skip
     base = folder.parent / folder.name
     out = [base.with_suffix(".json"), base.with_suffix(".md")]
     out[0].write_text(json.dumps(data, indent=2))
-    out[1].write_text(to_markdown(summary, pts, tasks, info))
+    out[1].write_text(to_markdown(summary, pts, tasks, info, judged))
     png = plot(summary, pts, base.with_suffix(".png"))
     return out + ([png] if png else [])

@@ -14,6 +14,13 @@ Runs, one seed of every row before the next seed, each resumable and skipped onc
      the checkpoints at 1/4 and 1/2 of the budget, `curve_seeds` seeds.
 Results: `benchmarks/results/glue_study.{md,json,png}` and one file per finished run in
 `benchmarks/results/glue_study/`. `:tiny` is the CI-sized version (two rows, one task).
+
+`:paper` is the paper-budget study (`configs/glue/study_paper.py`): every binary row with its
+own paper's recipe, BiPFT at the paper's lr 2e-5 and at the study's 2e-4; CoLA, STS-B, RTE with
+3 seeds, SST-2 with one. Run it in the same workdir as the study: its FP runs and pretrainings
+are the study's (the same jobs), its binary runs are named `paper-<row>__<task>__s<seed>`.
+Results: `benchmarks/results/glue_study_paper.{md,json,png}`, the study-budget numbers beside.
+`:paper_tiny` is its CI-sized version.
 """
 
 import ml_collections
@@ -33,13 +40,33 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.finetune_overrides = ()  # extra --config.* of every fine-tuning run
     c.pretrain_overrides = ()
     c.results = "benchmarks/results/glue_study"  # .md/.json/.png and a folder of run files
-    if arg == "tiny":
+    if arg in ("paper", "paper_tiny"):
+        c.finetune_config = "configs/glue/study_paper.py"
+        c.tasks = ("stsb", "rte", "cola", "sst2")  # cheapest informative tasks first
+        c.task_seeds = dict(sst2=(1,))
+        c.rows = ("fp", "bibert", "bit", "bipft_a", "bipft_b", "bipft_a_hi", "bipft_b_hi")
+        c.pretrain_of = dict(bipft_a_hi="bipft_a", bipft_b_hi="bipft_b")
+        c.curve_fractions = ()
+        c.run_prefix = "paper-"
+        c.results = "benchmarks/results/glue_study_paper"
+        c.compare_with = "benchmarks/results/glue_study.json"  # the study-budget numbers
+    if arg == "paper_tiny":
         c.tasks = ("rte",)
-        c.seeds = (1, 2)
-        c.rows = ("fp", "bipft_b")
+        c.seeds = (1,)
+        c.task_seeds = {}
+        c.rows = ("fp", "bit", "bipft_b", "bipft_b_hi")
         c.pretrain = dict(bipft_b="bipft")
+        c.pretrain_of = dict(bipft_b_hi="bipft_b")
+        c.compare_with = ""
+        arg = "tiny_sizes"
+    if arg in ("tiny", "tiny_sizes"):
+        if arg == "tiny":
+            c.tasks = ("rte",)
+            c.seeds = (1, 2)
+            c.rows = ("fp", "bipft_b")
+            c.pretrain = dict(bipft_b="bipft")
+            c.curve_fractions = (0.0, 0.5)
         c.pretrain_steps = 4
-        c.curve_fractions = (0.0, 0.5)
         c.finetune_overrides = (
             "max_train_rows=64", "max_eval_rows=32", "train.max_steps=2", "train.max_length=32",
             "train.batch_size=8", "train.eval_batch_size=16", "model.num_layers=1",
@@ -50,6 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "data.eval_batches=1", "train.eval_every=4", "train.log_every=1",
             "optim.warmup_steps=1",
         )  # fmt: skip
-    elif arg:
-        raise ValueError(f"configs/study/minilm.py: unknown argument {arg!r} (use ':tiny')")
+    elif arg and arg != "paper":
+        raise ValueError(
+            f"configs/study/minilm.py: unknown argument {arg!r} (':tiny', ':paper', ':paper_tiny')"
+        )
     return c
