@@ -77,6 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "data.eval_batches=1", "train.eval_every=4", "train.log_every=1",
             "optim.warmup_steps=1",
         )  # fmt: skip
+        if c.rows != ("fp", "bipft_b"):  # KD rows: the student keeps the FP teacher's depth
+            c.finetune_overrides = tuple(o for o in c.finetune_overrides if "num_layers" not in o)
     elif arg and arg != "paper":
         raise ValueError(
             f"configs/study/minilm.py: unknown argument {arg!r} (':tiny', ':paper', ':paper_tiny')"
