@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -165,7 +164,8 @@ def export_hf(
     """Write an FP model (`variables` or its `params`) as a Hugging Face model directory.
 
     Files: `model.safetensors`, or `model-0000i-of-0000n.safetensors` + `model.safetensors.index
-    .json` when the tensors exceed `max_shard_size`; `config.json`; `vocab.txt` if given.
+    .json` when the tensors exceed `max_shard_size`; `config.json`; with `vocab_file`, the
+    tokenizer files (`hf_tokenizer.TOKENIZER_FILES`: AutoTokenizer loads them).
     """
     from safetensors.numpy import save_file
 
@@ -195,5 +195,7 @@ def export_hf(
     hf_cfg = hf_config_dict(config, head, num_labels)
     (out / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True) + "\n")
     if vocab_file is not None:
-        shutil.copyfile(vocab_file, out / "vocab.txt")
+        from bipft_jax.export.hf_tokenizer import write_tokenizer
+
+        write_tokenizer(vocab_file, out, config.vocab_size, config.max_position)
     return out
