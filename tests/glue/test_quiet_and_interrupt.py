@@ -54,7 +54,9 @@ def _start_and_wait_for_step(workdir: Path) -> subprocess.Popen:
 
 def _steps_saved(workdir: Path) -> list[int]:
     ckpts = workdir / "0_bipft" / "checkpoints"
-    return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
+    if not ckpts.is_dir():
+        return []
+    return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
 
 
 def test_first_ctrl_c_saves_and_exits_0(tmp_path, shared_data):
