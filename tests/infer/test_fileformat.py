@@ -14,6 +14,7 @@ from bipft_jax.infer.fileformat import (
     packed_from_entries,
     packed_size_bytes,
     save_packed,
+    seal,
 )
 from bipft_jax.infer.packing import pack_matrix
 
@@ -112,7 +113,7 @@ def test_manifest_tensor_mismatch_detected(saved):
     out, _ = saved
     body = json.loads((out / MANIFEST).read_text())
     body["tensors"]["layer0/bias"]["shape"] = [13]
-    (out / MANIFEST).write_text(json.dumps(body))
+    (out / MANIFEST).write_text(json.dumps(seal(body)))  # resealed, as a writer would
     with pytest.raises(PackedFormatError, match="'layer0/bias' is float32\\[12\\]"):
         load_packed(out)
 
