@@ -87,6 +87,15 @@ def seal(body: Mapping[str, Any]) -> dict[str, Any]:
     return {**body, "manifest_sha256": manifest_digest(body)}
 
 
+def save_safetensors(tensors: Mapping[str, np.ndarray], path: Path, **kw: Any) -> None:
+    """`safetensors.numpy.save_file`, with the mode the umask gives (it writes 0600 otherwise)."""
+
+    save_file(dict(tensors), str(path), **kw)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _file_record(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
 
@@ -128,7 +137,7 @@ def save_packed(
         offset += len(chunks[-1])
     for stale in (TENSOR_FILE, FLOAT_FILE):
         (out / stale).unlink(missing_ok=True)
-    save_file(host, str(out / TENSOR_FILE))
+    save_safetensors(host, out / TENSOR_FILE)
     files = {TENSOR_FILE: _file_record(out / TENSOR_FILE)}
     if packed:
         (out / FLOAT_FILE).write_bytes(lzma.compress(b"".join(chunks), preset=9))
