@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"argument --steps: expected a positive number of steps, got {args.steps}")
     losses = run(args.preset, args.steps, seed=args.seed)
-    head, tail = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    n = min(10, len(losses))
+    head, tail = sum(losses[:n]) / n, sum(losses[-n:]) / n
     print(f"[{args.preset}] mean loss of the first 10 steps {head:.4f} -> last 10 steps {tail:.4f}")
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 DEBUG_ENV = "BIPFT_DEBUG"
 EXIT_USER_ERROR = 2
@@ -43,18 +44,33 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split()) or type(exc).__name__
 
 
-def report(prog: str, exc: BaseException) -> int:
-    """Print ``<prog>: error: <message>`` on stderr and return the exit code (2)."""
-    hint = "" if isinstance(exc, UserError) else f" (set {DEBUG_ENV}=1 for the traceback)"
-    print(f"{prog}: error: {one_line(exc)}{hint}", file=sys.stderr, flush=True)
-    return EXIT_USER_ERROR
+def report(prog: str, exc: BaseException, log: Path | None = None) -> int:
+    """Print ``<prog>: error: <message>`` on stderr; the exit code (2 for a user error, else 1).
+
+    ``log`` is where the traceback was written, if anywhere."""
+    user = isinstance(exc, USER_ERRORS)
+    if log is not None:
+        hint = f" (traceback in {log})"
+    else:
+        hint = "" if isinstance(exc, UserError) else f" (set {DEBUG_ENV}=1 for the traceback)"
+    text = one_line(exc) if user else f"{type(exc).__name__}: {one_line(exc)}"
+    print(f"{prog}: error: {text}{hint}", file=sys.stderr, flush=True)
+    return EXIT_USER_ERROR if user else 1
 
 
 def run_command(prog: str, main: Callable[[list[str]], int | None], argv: Sequence[str]) -> int:
-    """``main(argv)`` with user errors reported as one line (exit 2), unless ``BIPFT_DEBUG``."""
-    try:
+    """``main(argv)`` with any failure reported as one line (exit 2 for a user error, 1 for
+    anything else, 130 for Ctrl-C) and library logs plus the traceback in ``<workdir>/bipft.log``;
+    ``BIPFT_DEBUG=1`` leaves logging alone and lets the exception propagate."""
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         return int(main(list(argv)) or 0)
-    except USER_ERRORS as e:
-        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
-            raise
-        return report(prog, e)
+    from bipft_jax import logs
+
+    with logs.routed_logs(logs.workdir_of(argv)) as handler:
+        try:
+            return int(main(list(argv)) or 0)
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+            return 130
+        except Exception as e:
+            return report(prog, e, logs.log_exception(handler, prog, e))

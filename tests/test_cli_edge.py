@@ -144,3 +144,9 @@ def test_real_process_prints_one_line_and_debug_shows_traceback(tmp_path, shared
     debug = _subprocess(argv, BIPFT_DEBUG="1")
     assert debug.returncode == 1
     assert "Traceback (most recent call last)" in debug.stderr and "GlueDataError" in debug.stderr
+
+
+def test_demo_refuses_a_negative_step_count(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["demo", "--steps", "-3"])
+    assert e.value.code == 2 and "--steps: expected a positive number" in capsys.readouterr().err

@@ -16,6 +16,7 @@ save; ``on_corrupt="error"`` raises ``CheckpointCorruptError`` instead.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sys
@@ -372,10 +373,10 @@ def _agreed(step: int | None) -> int | None:
     return step
 
 
-def install_sigterm_handler(signals: tuple[int, ...] = (signal.SIGTERM,)) -> bool:
-    """On SIGTERM (preemption notice) set a flag instead of dying; the loop polls it.
+def install_sigterm_handler(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> bool:
+    """On SIGTERM (preemption notice) or a first Ctrl-C, set a flag instead of dying; the loop
+    polls it, saves at the current step and exits 0. A second Ctrl-C exits at once (code 130).
 
-    The loop should then save at the current step (``force=True``), wait and exit cleanly.
     Call from the main thread, after ``maybe_initialize_distributed``. In a multi-process run
     this does nothing and returns ``False``: a per-process flag could make processes save at
     different steps, so there the JAX preemption service (``reached_preemption``) decides.
@@ -384,6 +385,11 @@ def install_sigterm_handler(signals: tuple[int, ...] = (signal.SIGTERM,)) -> boo
         return False
 
     def handler(signum, frame):
+        if signum == signal.SIGINT:
+            if _PREEMPTED.is_set():
+                os._exit(130)
+            print("interrupt: saving a checkpoint at the current step (Ctrl-C again to quit "
+                  "now)", file=sys.stderr, flush=True)  # fmt: skip
         _PREEMPTED.set()
 
     for sig in signals:

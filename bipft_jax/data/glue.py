@@ -7,6 +7,7 @@ download script. Label ids are the position in `TaskSpec.labels`, identical for 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -172,9 +173,12 @@ def get_task(task: str) -> TaskSpec:
 def _label_to_id(spec: TaskSpec, value: str, where: str) -> int | float:
     if spec.is_regression:
         try:
-            return float(value)
+            score = float(value)
         except ValueError:
             raise GlueDataError(f"{where}: label {value!r} is not a number") from None
+        if not math.isfinite(score):
+            raise GlueDataError(f"{where}: label {value!r} is not finite")
+        return score
     if value not in spec.labels:
         raise GlueDataError(f"{where}: unknown label {value!r} (expected one of {spec.labels})")
     return spec.labels.index(value)
@@ -275,7 +279,9 @@ def tfds_record_to_example(spec: TaskSpec, split: str, index: int, record: dict)
 
     raw = record.get("label", -1)
     if spec.is_regression:
-        label: int | float | None = float(raw) if split != "test" else None
+        label: int | float | None = None
+        if split != "test":
+            label = _label_to_id(spec, str(float(raw)), f"TFDS {spec.name} {split} record {index}")
     else:
         label = None if int(raw) < 0 else int(spec.tfds_label_map()[int(raw)])
     return Example(

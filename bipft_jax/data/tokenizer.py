@@ -81,6 +81,11 @@ class BertTokenizer:
             )
         self._check_known_encoding()
 
+    @property
+    def backend(self) -> Tokenizer:
+        """The `tokenizers` pipeline (normalizer, pre-tokenizer, WordPiece; no special tokens)."""
+        return self._tok
+
     @classmethod
     def from_vocab(cls, path: str | Path) -> BertTokenizer:
         return cls(read_vocab(path), source=str(path))

@@ -18,6 +18,7 @@ holds `params`), `--params FILE` (`.msgpack` from `flax.serialization` or `.safe
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,8 @@ def _preset_config(args: argparse.Namespace) -> Any:
 
     if args.preset and args.size:
         return get_model_config(args.preset, args.size, **parse_overrides(args.set))
+    if args.checkpoint and not Path(args.checkpoint).exists():
+        raise CliError(f"--checkpoint: checkpoint not found: {args.checkpoint}")
     if args.checkpoint and not (args.preset or args.size):
         from bipft_jax.checkpoint.model_card import (
             ModelCardError,
@@ -187,6 +190,28 @@ def load_hf_dir(args: argparse.Namespace) -> tuple[Any, Any]:
     return variables["params"], config
 
 
+def hf_vocab(args: argparse.Namespace, vocab_size: int) -> str:
+    """The vocab.txt of an `--format hf` export: `--vocab`; else the `--hf-dir`'s own, or the one
+    the `--checkpoint` run's config.json names ("" there: the default BERT vocab it used). Without
+    one the model directory would tokenize with 5 tokens, so that is an error."""
+    if args.vocab:
+        return args.vocab
+    src = Path(args.checkpoint or args.hf_dir or args.params)
+    for d in [src, *src.parents][:3]:
+        if args.hf_dir and (d / "vocab.txt").is_file():
+            return str(d / "vocab.txt")
+        if args.checkpoint and (d / "config.json").is_file():
+            run = json.loads((d / "config.json").read_text())
+            named = run.get("vocab_file", (run.get("data") or {}).get("vocab_file"))
+            if named is not None:
+                from bipft_jax import paths
+
+                return named or str(paths.default_vocab_file())
+    raise CliError(
+        f"--format hf needs the model's vocabulary ({vocab_size} tokens): pass --vocab vocab.txt"
+    )
+
+
 def _bert_key(state: Mapping[str, Any], name: str) -> str:
     return name if name in state else f"bert.{name}"
 
@@ -209,7 +234,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.format == "hf":
         from bipft_jax.export.hf import export_hf
 
-        written = export_hf(params, config, out, args.vocab, args.max_shard_size)
+        vocab = hf_vocab(args, config.vocab_size)
+        written = export_hf(params, config, out, vocab, args.max_shard_size)
     elif args.format == "binary":
         from bipft_jax.export.binary import export_binary
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bipft_jax.infer.fileformat import save_safetensors
 from bipft_jax.model.config import BertConfig
 from bipft_jax.model.hf_import import hf_name
 from bipft_jax.model.params import ParamsError, check_shapes, flat_params, student_only
@@ -165,10 +165,9 @@ def export_hf(
     """Write an FP model (`variables` or its `params`) as a Hugging Face model directory.
 
     Files: `model.safetensors`, or `model-0000i-of-0000n.safetensors` + `model.safetensors.index
-    .json` when the tensors exceed `max_shard_size`; `config.json`; `vocab.txt` if given.
+    .json` when the tensors exceed `max_shard_size`; `config.json`; with `vocab_file`, the
+    tokenizer files (`hf_tokenizer.TOKENIZER_FILES`: AutoTokenizer loads them).
     """
-    from safetensors.numpy import save_file
-
     state = hf_state_dict(params, config)
     head, num_labels = check_shapes(params, config)
     if vocab_file is not None and not Path(vocab_file).is_file():
@@ -180,12 +179,12 @@ def export_hf(
     shards = _shards(state, parse_size(max_shard_size))
     meta = {"format": "pt"}
     if len(shards) == 1:
-        save_file(shards[0], str(out / SAFE_NAME), metadata=meta)
+        save_safetensors(shards[0], out / SAFE_NAME, metadata=meta)
     else:
         weight_map = {}
         for i, shard in enumerate(shards, 1):
             fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(out / fname), metadata=meta)
+            save_safetensors(shard, out / fname, metadata=meta)
             weight_map.update({k: fname for k in shard})
         index = {
             "metadata": {"total_size": int(sum(v.nbytes for v in state.values()))},
@@ -195,5 +194,7 @@ def export_hf(
     hf_cfg = hf_config_dict(config, head, num_labels)
     (out / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True) + "\n")
     if vocab_file is not None:
-        shutil.copyfile(vocab_file, out / "vocab.txt")
+        from bipft_jax.export.hf_tokenizer import write_tokenizer
+
+        write_tokenizer(vocab_file, out, config.vocab_size, config.max_position)
     return out

@@ -381,11 +381,13 @@ def run(cfg: ConfigDict, workdir: str | Path) -> dict:
     if cfg.data_dir and not Path(cfg.data_dir).is_dir():
         raise GlueDataError(f"config key 'data_dir': directory not found: {cfg.data_dir}")
     glue_data.resolve_task(cfg.task)
+    task = load_task_data(cfg)
     workdir = Path(workdir)
+    for i, stage in enumerate(stages):  # refuse another config's finished run before writing
+        _finished(workdir / f"{i}_{stage.name}", cfg)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         save_config(cfg, workdir)
-    task = load_task_data(cfg)
     init: tuple[str, str] | dict = (cfg.init.kind, cfg.init.path)
     all_results = []
     for i, stage in enumerate(stages):

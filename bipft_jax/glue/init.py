@@ -165,6 +165,13 @@ def merge_encoder(
         shapes, _, _ = differences(leaf_shapes(params), leaf_shapes(source))
         head = all(k.startswith("classifier/") for k in shapes)  # another task's classifier
         raise InitError(f"{e}" + ("; set init.load_classifier=False" if head else "")) from None
+    dropped = [k for k in report.unused if k.startswith("bert/")]  # heads may go; encoder not
+    if dropped:
+        raise InitError(
+            f"{what}: {len(dropped)} encoder arrays of the checkpoint have no place in this model "
+            f"(e.g. {', '.join(dropped[:3])}): it was trained with another method or config "
+            "(chain / model.method); pick the matching one"
+        )
     return out, set(report.kept)
 
 

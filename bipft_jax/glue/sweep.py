@@ -1,6 +1,6 @@
 """`bipft sweep`: grid tasks × presets × lrs × seeds of `bipft finetune`, resumable, tabulated.
 
-    bipft sweep --config configs/glue/sweep_bit.py --workdir /tmp/sweep            # run locally
+    bipft sweep --config configs/glue/sweep_example.py --workdir /tmp/sweep        # run locally
     bipft sweep --config ... --workdir ... --emit-commands > jobs.txt              # for a cluster
     bipft sweep --config ... --workdir ... --aggregate-only
 

@@ -43,13 +43,14 @@ from safetensors.numpy import load_file, save_file
 from bipft_jax.infer.packing import WORD_BITS, PackedSigns, num_words, pack_bits, unpack_bits
 
 FORMAT_NAME = "bipft-packed"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # 4: the manifest carries its own hash (``manifest_sha256``)
+READABLE_VERSIONS = (1, 2, 3, 4)
+HASHED_FROM = 4
 MANIFEST = "manifest.json"
 TENSOR_FILE = "tensors.safetensors"
 FLOAT_FILE = "floats.xz"
 CODEC = "shuffle-xz"
-_RESERVED = ("format", "format_version", "files", "tensors")
+_RESERVED = ("format", "format_version", "files", "tensors", "manifest_sha256")
 
 
 class PackedFormatError(ValueError):
@@ -72,6 +73,27 @@ def _shuffle(a: np.ndarray) -> bytes:
 def _unshuffle(data: bytes, dtype: np.dtype, shape: list[int]) -> np.ndarray:
     planes = np.frombuffer(data, np.uint8).reshape(dtype.itemsize, -1)
     return np.ascontiguousarray(planes.T).view(dtype).reshape(shape)
+
+
+def manifest_digest(body: Mapping[str, Any]) -> str:
+    """SHA-256 of the manifest without its ``manifest_sha256`` (canonical JSON, sorted keys)."""
+    rest = {k: v for k, v in body.items() if k != "manifest_sha256"}
+    canon = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def seal(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``body`` with its ``manifest_sha256`` set (what ``save_packed`` writes)."""
+    return {**body, "manifest_sha256": manifest_digest(body)}
+
+
+def save_safetensors(tensors: Mapping[str, np.ndarray], path: Path, **kw: Any) -> None:
+    """`safetensors.numpy.save_file`, with the mode the umask gives (it writes 0600 otherwise)."""
+
+    save_file(dict(tensors), str(path), **kw)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _file_record(path: Path) -> dict[str, Any]:
@@ -115,7 +137,7 @@ def save_packed(
         offset += len(chunks[-1])
     for stale in (TENSOR_FILE, FLOAT_FILE):
         (out / stale).unlink(missing_ok=True)
-    save_file(host, str(out / TENSOR_FILE))
+    save_safetensors(host, out / TENSOR_FILE)
     files = {TENSOR_FILE: _file_record(out / TENSOR_FILE)}
     if packed:
         (out / FLOAT_FILE).write_bytes(lzma.compress(b"".join(chunks), preset=9))
@@ -128,7 +150,7 @@ def save_packed(
         "files": files,
     }
     tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(seal(body), indent=2, sort_keys=True) + "\n")
     tmp.replace(out / MANIFEST)
     return out
 
@@ -150,6 +172,11 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if version not in READABLE_VERSIONS:
         raise PackedFormatError(
             f"{mpath}: unknown format_version {version!r} (this code reads {READABLE_VERSIONS})"
+        )
+    if version >= HASHED_FROM and body.get("manifest_sha256") != manifest_digest(body):
+        raise PackedFormatError(
+            f"{mpath} was edited or is corrupt: its contents do not match its manifest_sha256 "
+            "(re-export the model instead of editing the manifest)"
         )
     for key in ("files", "tensors"):
         if not isinstance(body.get(key), dict):

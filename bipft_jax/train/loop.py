@@ -206,8 +206,11 @@ def make_train_step(
             metrics = jax.tree.map(lambda m: m * scale, sum_m)
             loss, aux = metrics.pop("loss"), metrics
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        # The update too: a NaN lr or schedule makes finite gradients a NaN step.
+        finite = (
+            jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
+        )
         params = optax.apply_updates(state.params, updates)
         # The non-finite guard: keep the old params and optimizer state, elementwise (fused).
         params, opt_state = jax.tree.map(

@@ -241,9 +241,11 @@ def resolve_optimizer_config(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
         c["eps"] = 1e-6 if bert else 1e-8
     if c["per_tensor_clip"] is None:
         c["per_tensor_clip"] = 1.0 if bert else 0.0
-    for key in ("lr", "alpha_lr", "weight_decay", "eps", "clip_norm", "per_tensor_clip"):
-        if not isinstance(c[key], (int, float)) or c[key] < 0:
-            raise ValueError(f"optimizer config {key!r}: expected a number >= 0, got {c[key]!r}")
+    numbers = ("lr", "alpha_lr", "end_lr", "weight_decay", "eps", "clip_norm", "per_tensor_clip")
+    for key in numbers:
+        v = c[key]
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"optimizer config {key!r}: expected a finite number >= 0, got {v!r}")
     k = c["schedule_steps_per_update"]
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(

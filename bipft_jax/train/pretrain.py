@@ -298,8 +298,6 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
     from bipft_jax.model.bert import BertForPreTraining
 
     student = BertForPreTraining(student_cfg)
-    if main_proc:  # the model config beside the checkpoints (fine-tuning reads it)
-        write_model_card(workdir, student_cfg, 0, preset=c.model.method)
     first = loader.batch_at(0)
     ids = jnp.asarray(first["input_ids"][:1])
     teacher, t_params, t_sh, t_heads = build_teacher(c, student_cfg, mesh, rules, ids)
@@ -344,6 +342,9 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
             print(f"resumed from step {start} ({ckpt.directory})", flush=True)
             if extra.get("config_hash") != config_io.config_hash(c):
                 print("warning: the config differs from the checkpoint's", flush=True)
+    if main_proc:  # the run is accepted: its config, and the model config fine-tuning reads
+        config_io.save_config(c, workdir)
+        write_model_card(workdir, student_cfg, 0, preset=c.model.method)
     del calib
     step_fn = make_train_step(make_pretrain_loss(c, student, teacher), tx,
                               c.train.grad_accum_steps, c.seed, lr_fn)  # fmt: skip
@@ -438,7 +439,6 @@ def main(argv: list[str] | None = None) -> int:
                                  args.distributed_timeout_s, enabled=args.distributed)  # fmt: skip
     if jax.process_index() == 0:
         config_io.print_config(cfg)
-        config_io.save_config(cfg, args.workdir)
     if jax.process_count() == 1:
         install_sigterm_handler()
     # User errors (config, data, paths, checkpoints) propagate to the `bipft` edge (errors.py).

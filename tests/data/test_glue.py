@@ -148,6 +148,10 @@ def test_bad_inputs(tmp_path, fake_glue):
     _tsv(fake_glue / "STS-B/dev.tsv", [["i"] * 10, ["0"] * 9 + ["high"]])
     with pytest.raises(GlueDataError, match=r"STS-B/dev\.tsv:2: label 'high' is not a number"):
         load_glue("stsb", "dev", fake_glue)
+    for bad in ("nan", "inf", "-Infinity"):  # float() accepts them; a score must be finite
+        _tsv(fake_glue / "STS-B/dev.tsv", [["i"] * 10, ["0"] * 9 + ["4.0"], ["0"] * 9 + [bad]])
+        with pytest.raises(GlueDataError, match=rf"STS-B/dev\.tsv:3: label .{bad}. is not finite"):
+            load_glue("stsb", "dev", fake_glue)
     _tsv(fake_glue / "CoLA/dev.tsv", [["src", "1", "", "ok"], ["src", "1", "only three"]])
     with pytest.raises(GlueDataError, match=r"CoLA/dev\.tsv:2: expected 4 tab-separated columns"):
         load_glue("cola", "dev", fake_glue)

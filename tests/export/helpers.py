@@ -51,3 +51,11 @@ def _unbox(tree):
     import flax.linen as nn
 
     return nn.unbox(tree)
+
+
+def write_vocab(path, size: int = 97):
+    """A `size`-token vocab.txt: the 5 BERT special tokens, then made-up words."""
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens += [f"w{i}" for i in range(size - len(tokens))]
+    path.write_text("\n".join(tokens) + "\n")
+    return path

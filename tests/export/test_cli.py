@@ -17,7 +17,7 @@ from bipft_jax import cli
 from bipft_jax.export.binary import load_binary
 from bipft_jax.export.cli import main
 from bipft_jax.export.stablehlo import load_exported
-from tests.export.helpers import TINY, init_params, random_batch, tiny_config
+from tests.export.helpers import TINY, init_params, random_batch, tiny_config, write_vocab
 
 ROOT = Path(__file__).resolve().parents[2]
 SETS = [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
@@ -83,6 +83,8 @@ def test_checkpoint_to_hf_then_hf_dir_to_stablehlo(tmp_path):
         "--size",
         "tiny",
         *SETS,
+        "--vocab",
+        str(write_vocab(tmp_path / "vocab.txt")),
         "--out",
         str(tmp_path / "hf"),
     ]

@@ -12,7 +12,7 @@ import pytest
 from bipft_jax.export.hf import ExportError, export_hf
 from bipft_jax.model.hf_import import import_hf_weights, read_hf_checkpoint
 from bipft_jax.model.params import ParamsError
-from tests.export.helpers import init_params, random_batch, tiny_config
+from tests.export.helpers import init_params, random_batch, tiny_config, write_vocab
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -53,8 +53,7 @@ def test_classifier_logits_match_transformers(tmp_path):
     config = tiny_config("fp")
     model, params = init_params(config, "classification", num_labels=3)
     batch = random_batch()
-    vocab = tmp_path / "v.txt"
-    vocab.write_text("[PAD]\n[UNK]\nhello\n")
+    vocab = write_vocab(tmp_path / "v.txt")
     export_hf(params, config, tmp_path / "out", vocab_file=vocab)
     ours = np.asarray(_ours(model, params, batch)["logits"])
     theirs = _theirs(transformers.BertForSequenceClassification, tmp_path / "out", batch)

@@ -140,3 +140,13 @@ def test_stage_model_config_reads_the_switches():
     cfg.model.padding_idx, cfg.model.pooler_follows_stage_bits = -1, False
     got = stage_model_config(cfg, stage)
     assert got.padding_idx is None and got.quant.pooler_quant.input.bits == 1
+
+
+def test_encoder_arrays_without_a_place_are_an_error(tmp_path):
+    """A BiPFT checkpoint into a BiBERT model: its estimators would be dropped without a word."""
+    batch = _batch()
+    bipft = BertForSequenceClassification(model_config(parse_stage("bipft"), "tiny", **SIZES), 3)
+    _save(tmp_path, traverse_util.unflatten_dict(_init(bipft, batch)))
+    bibert = BertForSequenceClassification(model_config(parse_stage("bibert"), "tiny", **SIZES), 3)
+    with pytest.raises(InitError, match=r"encoder arrays of the checkpoint have no place.*bert/"):
+        load_initial_params(bibert, batch, 1, "checkpoint", str(tmp_path))

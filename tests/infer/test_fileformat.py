@@ -14,6 +14,7 @@ from bipft_jax.infer.fileformat import (
     packed_from_entries,
     packed_size_bytes,
     save_packed,
+    seal,
 )
 from bipft_jax.infer.packing import pack_matrix
 
@@ -112,7 +113,7 @@ def test_manifest_tensor_mismatch_detected(saved):
     out, _ = saved
     body = json.loads((out / MANIFEST).read_text())
     body["tensors"]["layer0/bias"]["shape"] = [13]
-    (out / MANIFEST).write_text(json.dumps(body))
+    (out / MANIFEST).write_text(json.dumps(seal(body)))  # resealed, as a writer would
     with pytest.raises(PackedFormatError, match="'layer0/bias' is float32\\[12\\]"):
         load_packed(out)
 
@@ -143,3 +144,15 @@ def test_packed_entries_round_trip(tmp_path, zeros):
     body["tensors"]["enc/q.signs"]["k"] = 100
     with pytest.raises(PackedFormatError, match="cannot hold k=100"):
         packed_from_entries(got_arrays, body, "enc/q")
+
+
+def test_files_get_the_umask_mode(tmp_path):
+    """safetensors alone writes 0600; the packed files follow the umask like any other file."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        out = save_packed(tmp_path / "m", {"w": np.ones(3, np.float32)}, {})
+    finally:
+        os.umask(old)
+    assert oct((out / TENSOR_FILE).stat().st_mode & 0o777) == oct(0o644)

@@ -14,6 +14,7 @@ from bipft_jax.infer.fileformat import (
     load_packed,
     packed_size_bytes,
     save_packed,
+    seal,
 )
 from bipft_jax.infer.packing import pack_matrix
 
@@ -84,12 +85,12 @@ def test_bad_codec_fields(compressed):
     mpath = compressed / MANIFEST
     body = json.loads(mpath.read_text())
     body["tensors"]["pos"]["nbytes"] += 4
-    mpath.write_text(json.dumps(body))
+    mpath.write_text(json.dumps(seal(body)))  # resealed, as a writer would
     with pytest.raises(PackedFormatError, match="tensor 'pos' does not fit"):
         load_packed(compressed)
     body["tensors"]["pos"]["nbytes"] -= 4
     body["tensors"]["pos"]["codec"] = "zstd"
-    mpath.write_text(json.dumps(body))
+    mpath.write_text(json.dumps(seal(body)))  # resealed, as a writer would
     with pytest.raises(PackedFormatError, match="unknown codec 'zstd'"):
         load_packed(compressed)
 

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 from flax import serialization
 
 from bipft_jax.errors import EXIT_USER_ERROR, run_command
@@ -49,3 +50,27 @@ def test_cli_rejects_fp_preset(tmp_path, capsys):
     assert code == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert "binary preset" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("key", "value"), [("layer_norm_eps", 1e-3), ("hidden_act", "relu")])
+def test_edited_manifest_is_refused(tmp_path, key, value):
+    """A manifest edited to other valid JSON (another LayerNorm eps or activation) would load and
+    give other hidden states; its own hash refuses it, and the untouched file still loads."""
+    import json
+
+    from bipft_jax.infer.fileformat import MANIFEST, PackedFormatError
+    from bipft_jax.infer.packed_model import save_packed_model
+
+    config = tiny_config("bibert")
+    _, params = init_params(config, "classification")
+    tensors, manifest = pack_model(params, config, preset="bibert")
+    out = save_packed_model(tmp_path / "m", tensors, manifest)
+    load_packed_model(out)  # intact: loads
+    body = json.loads((out / MANIFEST).read_text())
+    assert body["config"][key] != value
+    body["config"][key] = value
+    (out / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True))
+    with pytest.raises(PackedFormatError, match=r"manifest\.json was edited or is corrupt"):
+        load_packed_model(out)
+    done = run_command("bipft export", lambda a: load_packed_model(out), [])
+    assert done == EXIT_USER_ERROR

@@ -115,7 +115,7 @@ def test_few_zeros_round_trip_as_lists_with_the_same_planes_and_logits(method, t
         assert rec["k"] == manifest["tensors"][f"{name}.signs"]["k"]
         assert rec.get("layers") == manifest["tensors"][f"{name}.signs"].get("layers")
     directory = save_packed_model(tmp_path / "m", tensors, manifest)
-    assert json.loads((directory / MANIFEST).read_text())["format_version"] == 3
+    assert json.loads((directory / MANIFEST).read_text())["format_version"] == 4
     loaded = load_packed_model(directory)
     for name, plane in _old_masks(config, params).items():
         if "layers" in name:  # only one layer has zeros: the other's plane is all ones

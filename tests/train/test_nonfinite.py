@@ -116,3 +116,25 @@ def test_checkpoint_refuses_a_nonfinite_state(tmp_path):
         with pytest.raises(NonFiniteStateError):
             ckpt.save(6, state, force=True)
         assert ckpt.all_steps() == []
+
+
+def test_nan_update_with_finite_loss_and_grads_is_skipped():
+    """A NaN learning rate makes a NaN update from finite loss and gradients; the guard checks the
+    update too, so the params stay as they were."""
+    tx = optax.adam(learning_rate=lambda count: jnp.float32(np.nan))
+    params = {"w": jnp.full((4, 3), 0.1, jnp.float32), "b": jnp.zeros((3,), jnp.float32)}
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    before = _host(state)
+    state, m = jax.jit(make_train_step(_loss, tx, 1))(state, _batches(1)[0])
+    assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
+    assert float(m["nonfinite"]) == 1.0
+    jax.tree.map(np.testing.assert_array_equal, _host(state.params), before.params)
+
+
+@pytest.mark.parametrize("key", ["lr", "alpha_lr", "end_lr", "weight_decay"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nonfinite_optimizer_numbers_are_refused(key, value):
+    from bipft_jax.train.optim import resolve_optimizer_config
+
+    with pytest.raises(ValueError, match=rf"optimizer config '{key}': expected a finite number"):
+        resolve_optimizer_config({"lr": 1e-3, key: value})
