@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "parallel": set(),
     "data": {"paths"},
     "model": {"quant", "presets"},
-    "checkpoint": {"model"},
+    "checkpoint": {"model", "paths"},
     "infer": {"model", "quant"},
     "export": {"checkpoint", "infer", "model", "quant"},
     "train": {"checkpoint", "data", "losses", "model", "parallel", "paths", "quant"},

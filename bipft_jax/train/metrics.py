@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from bipft_jax.paths import local_path
+
 # Peak dense bf16 FLOP/s per JAX device, from vendor spec sheets. Matched in order against
 # the lower-cased ``device.device_kind``; more specific patterns come first.
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
@@ -101,7 +103,7 @@ class MetricWriter:
 
             enabled = jax.process_index() == 0
         self.enabled = enabled
-        self.workdir = Path(workdir)
+        self.workdir = local_path(workdir, "metrics workdir")
         self._jsonl = None
         self._tb = None
         if not enabled:

@@ -200,7 +200,7 @@ def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any
 def _restore_teacher_checkpoint(path: str, params, shardings):
     """Student params of a finished FP `bipft pretrain` run (its workdir) as the teacher: read
     straight onto the teacher's shardings; they must be exactly the FP model's params."""
-    if not (Path(path) / "checkpoints").is_dir():
+    if not (paths.local_path(path, "config teacher.path") / "checkpoints").is_dir():
         raise FileNotFoundError(f"config teacher.path: no checkpoints/ in workdir {path!r}")
     like = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         params, shardings)  # fmt: skip
@@ -269,7 +269,7 @@ def make_loaders(c, split_eval: bool):
         missing = [f for f in source if not glob.glob(str(f))]
         if missing:
             raise FileNotFoundError(f"config data.files: corpus file(s) not found: {missing}")
-    elif not Path(d.prepared_dir).is_dir():
+    elif not paths.local_path(d.prepared_dir, "config data.prepared_dir").is_dir():
         raise FileNotFoundError(f"config data.prepared_dir {d.prepared_dir!r} does not exist")
     kw = dict(seq_len=d.seq_len, seed=c.seed, vocab_file=d.vocab_file or None,
               mask_prob=d.mask_prob, max_predictions=max_predictions(c),
@@ -284,11 +284,23 @@ def make_loaders(c, split_eval: bool):
 # ----------------------------------------------------------------------------- main run
 
 
+def refuse_urls(c: ml_collections.ConfigDict, workdir: str | Path) -> Path:
+    """The workdir as a local ``Path``; a URL there or in the corpus / teacher paths is refused
+    in one line (``paths.local_path``) before anything is read or written."""
+    for f in c.data.files:
+        paths.local_path(f, "config data.files entry")
+    if c.data.prepared_dir:
+        paths.local_path(c.data.prepared_dir, "config data.prepared_dir")
+    if c.teacher.source != "random" and c.teacher.path:
+        paths.local_path(c.teacher.path, "config teacher.path")
+    return paths.local_path(workdir, "--workdir")
+
+
 def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str:
     """Build everything from the config, resume if possible, train; returns the loop status."""
     from bipft_jax.train.metrics import MetricWriter, ProgressLogger, bert_flops_per_token
 
-    workdir = Path(workdir)
+    workdir = refuse_urls(c, workdir)
     main_proc = jax.process_index() == 0
     mesh = make_mesh(dict(c.mesh))
     rules = get_rules(c.sharding)
@@ -436,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, args = config_io.parse_command_line(parser, list(sys.argv[1:] if argv is None else argv))
     maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                  args.distributed_timeout_s, enabled=args.distributed)  # fmt: skip
+    refuse_urls(cfg, args.workdir)  # before anything is written or compiled
     if jax.process_index() == 0:
         config_io.print_config(cfg)
         config_io.save_config(cfg, args.workdir)
