@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from bipft_jax import paths
 from bipft_jax.checkpoint import (
@@ -39,7 +40,9 @@ from bipft_jax.losses import (
 )
 from bipft_jax.parallel import (
     get_rules,
+    host_batch_rows,
     make_mesh,
+    put_global,
     shard_host_batch,
     state_shardings,
 )
@@ -188,10 +191,13 @@ def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any
         from bipft_jax.model.hf_import import import_hf_weights
 
         assert hf_state is not None  # read above when source == "hf"
-        new, _ = import_hf_weights({"params": jax.device_get(params)}, hf_state,
+        # The random init (kept where the checkpoint has no heads) gathered to every host: a
+        # device_get of arrays that span hosts fails on a pod.
+        host = multihost_utils.process_allgather(params, tiled=True)
+        new, _ = import_hf_weights({"params": host}, hf_state,
                                    ignore_missing=() if has_heads else HEADS,
                                    ignore_unexpected=("cls.predictions.decoder",))  # fmt: skip
-        params = jax.device_put(new["params"], shardings)
+        params = put_global(new["params"], shardings)
     elif t.source == "checkpoint":
         params = _restore_teacher_checkpoint(t.path, params, shardings)
     return model, params, shardings, has_heads
@@ -258,7 +264,9 @@ def make_pretrain_loss(c, student, teacher):
 # ----------------------------------------------------------------------------- data
 
 
-def make_loaders(c, split_eval: bool):
+def make_loaders(c, split_eval: bool, rows=None):
+    """Train (and eval) loaders of this host's ``rows`` of each global batch (default: its
+    contiguous slice; ``train_and_evaluate`` passes the rows its devices hold)."""
     from bipft_jax.data.loader import PretrainLoader
 
     d = c.data
@@ -273,7 +281,7 @@ def make_loaders(c, split_eval: bool):
         raise FileNotFoundError(f"config data.prepared_dir {d.prepared_dir!r} does not exist")
     kw = dict(seq_len=d.seq_len, seed=c.seed, vocab_file=d.vocab_file or None,
               mask_prob=d.mask_prob, max_predictions=max_predictions(c),
-              max_docs=d.max_docs or None, eval_fraction=d.eval_fraction)  # fmt: skip
+              max_docs=d.max_docs or None, eval_fraction=d.eval_fraction, rows=rows)  # fmt: skip
     train = PretrainLoader(source, d.global_batch_size, num_workers=d.num_workers, **kw)
     evl = None
     if split_eval and d.eval_fraction > 0:
@@ -304,7 +312,8 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
     main_proc = jax.process_index() == 0
     mesh = make_mesh(dict(c.mesh))
     rules = get_rules(c.sharding)
-    loader, eval_loader = make_loaders(c, c.train.eval_every > 0)
+    gbs = c.data.global_batch_size
+    loader, eval_loader = make_loaders(c, c.train.eval_every > 0, host_batch_rows(mesh, gbs))
     vocab_size = len(loader.builder.vocab.is_continuation)  # the tokenizer's vocabulary size
     student_cfg = _student_config(c, vocab_size)
     from bipft_jax.model.bert import BertForPreTraining
@@ -321,7 +330,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
     tx = make_optimizer(opt_cfg)
     lr_fn = lr_schedule(opt_cfg)
 
-    calib = shard_host_batch(first, mesh)
+    calib = shard_host_batch(first, mesh, gbs)
 
     def init_params(rng, teacher_params, cb):
         boxed = student.init(rng, cb["input_ids"][:1])["params"]
@@ -365,7 +374,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
                          const_shardings=(t_sh,))  # fmt: skip
     eval_batches = []
     if eval_loader is not None:
-        eval_batches = [shard_host_batch(eval_loader.batch_at(i), mesh)
+        eval_batches = [shard_host_batch(eval_loader.batch_at(i), mesh, gbs)
                         for i in range(c.data.eval_batches)]  # fmt: skip
 
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
@@ -411,7 +420,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
 
     def batches():
         while True:
-            yield shard_host_batch(next(loader), mesh)
+            yield shard_host_batch(next(loader), mesh, gbs)
 
     hooks = LoopHooks(
         on_log,
