@@ -452,9 +452,31 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--workdir", required=True, help="checkpoints, config and metrics")
+    parser.add_argument("--workdir", help="checkpoints, config and metrics (required to train)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="compile the train step for the config's mesh and batch, report "
+        "memory per device, FLOPs and collectives, and exit (nothing is written)",
+    )
+    parser.add_argument(
+        "--dry-run-devices",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --dry-run: simulate N CPU devices (e.g. a pod's count)",
+    )
     add_distributed_args(parser)
     cfg, args = config_io.parse_command_line(parser, list(sys.argv[1:] if argv is None else argv))
+    if args.dry_run:
+        from bipft_jax.train import dry_run
+
+        if args.dry_run_devices:
+            dry_run.simulate_devices(args.dry_run_devices)
+        print(dry_run.format_report(dry_run.dry_run(cfg)), flush=True)
+        return 0
+    if not args.workdir:
+        parser.error("the following arguments are required: --workdir")
     maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                  args.distributed_timeout_s, enabled=args.distributed)  # fmt: skip
     refuse_urls(cfg, args.workdir)  # before anything is written or compiled
