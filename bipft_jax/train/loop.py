@@ -374,16 +374,20 @@ def run_loop(
     (sharded) batches. ``on_log`` gets the logged step's metrics (plus ``skipped_nonfinite``,
     the count of skipped steps so far) and the mean step time since the previous log. After
     ``max_nonfinite`` consecutive skipped steps (``None``: never) it raises
-    ``NonFiniteLossError``.
+    ``NonFiniteLossError``. ``data_wait_s`` in the logged metrics is the mean time per step spent
+    waiting for ``next(batches)`` since the previous log.
     """
     hooks = hooks or LoopHooks()
     extra = hooks.extra or (lambda: {})
     guard = NonFiniteGuard(max_nonfinite)
     step = start_step
     t_last, s_last = time.perf_counter(), step
+    waited = 0.0  # seconds spent waiting for batches since the last log
     status = "done"
     while step < total_steps:
+        t_wait = time.perf_counter()
         batch = next(batches)
+        waited += time.perf_counter() - t_wait
         state, metrics = train_step(state, batch)
         step += 1
         guard.push(step, metrics)
@@ -392,9 +396,10 @@ def run_loop(
         if hooks.on_log is not None and (step % log_every == 0 or last or step == start_step + 1):
             guard.flush()  # this step's flag; to_host waits for the step anyway
             host = {**to_host(metrics), "skipped_nonfinite": float(guard.skipped)}
+            host["data_wait_s"] = waited / max(step - s_last, 1)
             now = time.perf_counter()
             hooks.on_log(step, host, (now - t_last) / max(step - s_last, 1))
-            t_last, s_last = now, step
+            t_last, s_last, waited = now, step, 0.0
         if hooks.evaluate is not None and eval_every > 0 and (step % eval_every == 0 or last):
             hooks.evaluate(state, step)
         if not last and checkpoint is not None and checkpoint.reached_preemption(step):

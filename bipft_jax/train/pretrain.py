@@ -5,7 +5,9 @@
 The run resumes automatically from the newest checkpoint in ``workdir`` (model, optimizer and
 data-loader state), saves every ``train.save_every`` steps (async, keep-last-N), saves at the
 current step and exits 0 on SIGTERM, and writes ``config.json``, ``metrics.jsonl`` and
-TensorBoard events to ``workdir``. Multi-host: add ``--distributed`` (see ``--help``).
+TensorBoard events (with tokens/s, MFU and data-wait time) to ``workdir``, and keeps compiled
+steps in JAX's persistent cache (``$JAX_COMPILATION_CACHE_DIR``, else ``~/.cache/bipft_jax/jax``).
+Multi-host: add ``--distributed`` (see ``--help``). ``--dry-run`` compiles and reports only.
 """
 
 from __future__ import annotations
@@ -46,7 +48,11 @@ from bipft_jax.parallel import (
     shard_host_batch,
     state_shardings,
 )
-from bipft_jax.parallel.distributed import add_distributed_args, maybe_initialize_distributed
+from bipft_jax.parallel.distributed import (
+    add_distributed_args,
+    enable_compilation_cache,
+    maybe_initialize_distributed,
+)
 from bipft_jax.quant import with_numel_multiplier
 from bipft_jax.train import config_io
 from bipft_jax.train.loop import (
@@ -394,7 +400,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
         if step == start + 1:
             progress.start(step)  # the first step includes compilation
         line = progress.update(step, metrics)
-        writer.write_scalars(step, {**metrics, "step_time_s": dt})
+        writer.write_scalars(step, {**metrics, "step_time_s": dt, **progress.speed})
         if main_proc:
             print(line, flush=True)
 
@@ -480,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                  args.distributed_timeout_s, enabled=args.distributed)  # fmt: skip
     refuse_urls(cfg, args.workdir)  # before anything is written or compiled
+    enable_compilation_cache()
     if jax.process_index() == 0:
         config_io.print_config(cfg)
         config_io.save_config(cfg, args.workdir)

@@ -42,11 +42,11 @@ def test_two_processes_match_one(tmp_path, shared_data, mesh):
     per_process = 1 if "tp_across" in mesh else 2
     one = subprocess.run(command(tmp_path / "one", *opts), cwd=REPO, capture_output=True,
                          text=True, env=env(tmp_path / "c1", devices=2 * per_process),
-                         timeout=400)  # fmt: skip
+                         timeout=900)  # fmt: skip
     assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-3000:]
     run_processes(lambda *flags: command(tmp_path / "two", *opts, *flags),
                   lambda i: env(tmp_path / f"c2{i}", devices=per_process),
-                  extra=("--distributed_timeout_s", "120"))  # fmt: skip
+                  extra=("--distributed_timeout_s", "120"), timeout=900)  # fmt: skip
     a, b = _rows(tmp_path / "one"), _rows(tmp_path / "two")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2]
     for ra, rb in zip(a, b, strict=True):
