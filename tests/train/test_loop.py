@@ -180,9 +180,3 @@ def test_accumulation_on_8_devices_matches_one_step():
     flat = jax.tree_util.tree_flatten_with_path(runs[1][0])[0]
     for (path, a), b in zip(flat, jax.tree.leaves(runs[2][0]), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7, err_msg=jax.tree_util.keystr(path))
-
-
-def test_micro_batch_that_splits_a_device_block_is_a_clear_error():
-    state, step, _, mesh = _setup("fp", 4, {"data": 8})
-    with pytest.raises(ValueError, match="grad_accum_steps=4 x the 8 batch shards"):
-        step(state, shard_host_batch(random_batch(0, batch=8), mesh))
