@@ -138,7 +138,7 @@ def enable_compilation_cache(default_dir: str | os.PathLike | None = None) -> st
     """
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") == "":
         return ""
-    current = jax.config.jax_compilation_cache_dir
+    current = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]
     if current:
         return current
     if default_dir is None:

@@ -37,7 +37,7 @@ def _local_blocks(mesh: Mesh) -> tuple[int, list[int]]:
     indices of those this process's devices hold (all of them when ``tensor`` spans hosts)."""
     n = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
     index_map = batch_sharding(mesh).addressable_devices_indices_map((n,))
-    return n, sorted({idx[0].indices(n)[0] for idx in index_map.values()})
+    return n, sorted({idx[0].indices(n)[0] for idx in index_map.values() if idx is not None})
 
 
 def host_batch_rows(mesh: Mesh, global_batch_size: int) -> np.ndarray:

@@ -20,6 +20,7 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -79,17 +80,18 @@ def hlo_collectives(hlo: str) -> dict[str, int]:
     return dict(sorted(Counter(_COLLECTIVE.findall(hlo)).items()))
 
 
-def dry_run(c) -> dict[str, Any]:
-    """Compile the config's train step on its mesh; returns the report (see the module doc)."""
+def dry_run(c, student_config: Callable, make_loss: Callable) -> dict[str, Any]:
+    """Compile the config's train step on its mesh; returns the report (see the module doc).
+    ``student_config(c, vocab_size)`` and ``make_loss(c, student, teacher)`` are the
+    pretrainer's (passed in: the pretrainer imports this module)."""
     from bipft_jax.model.bert import BertForPreTraining
     from bipft_jax.model.config import QuantSpec
     from bipft_jax.train.loop import TrainState, abstract_state, jit_step, make_train_step
     from bipft_jax.train.loop import train_state_shardings as state_sh
     from bipft_jax.train.optim import lr_schedule, make_optimizer
-    from bipft_jax.train.pretrain import _student_config, make_pretrain_loss
 
     mesh, rules = make_mesh(dict(c.mesh)), get_rules(c.sharding)
-    cfg = _student_config(c, _vocab_size(c))
+    cfg = student_config(c, _vocab_size(c))
     student = BertForPreTraining(cfg)
     teacher = BertForPreTraining(dataclasses.replace(cfg, quant=QuantSpec()))
     batch = abstract_batch(c, mesh)
@@ -114,11 +116,11 @@ def dry_run(c) -> dict[str, Any]:
                                  tx.init(nn.meta.unbox(init_params(r)))), key
         )  # fmt: skip
     state = abstract_state(sh, shapes)
-    step_fn = make_train_step(make_pretrain_loss(c, student, teacher), tx,
+    step_fn = make_train_step(make_loss(c, student, teacher), tx,
                               c.train.grad_accum_steps, c.seed, lr_schedule(opt_cfg))  # fmt: skip
     step = jit_step(step_fn, mesh, rules, sh, const_shardings=(t_sh,))
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        compiled = step.jitted.lower(state, batch, t_params).compile()
+        compiled = step.jitted.lower(state, batch, t_params).compile()  # type: ignore[attr-defined]
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

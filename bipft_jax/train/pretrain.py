@@ -119,7 +119,7 @@ def max_predictions(c: ml_collections.ConfigDict) -> int:
     return d.max_predictions or max(1, round(d.seq_len * d.mask_prob))
 
 
-def _student_config(c: ml_collections.ConfigDict, vocab_size: int):
+def student_config(c: ml_collections.ConfigDict, vocab_size: int):
     from bipft_jax.model.presets import apply_overrides, get_model_config
 
     m = c.model
@@ -321,7 +321,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
     gbs = c.data.global_batch_size
     loader, eval_loader = make_loaders(c, c.train.eval_every > 0, host_batch_rows(mesh, gbs))
     vocab_size = len(loader.builder.vocab.is_continuation)  # the tokenizer's vocabulary size
-    student_cfg = _student_config(c, vocab_size)
+    student_cfg = student_config(c, vocab_size)
     from bipft_jax.model.bert import BertForPreTraining
 
     student = BertForPreTraining(student_cfg)
@@ -479,7 +479,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.dry_run_devices:
             dry_run.simulate_devices(args.dry_run_devices)
-        print(dry_run.format_report(dry_run.dry_run(cfg)), flush=True)
+        print(
+            dry_run.format_report(dry_run.dry_run(cfg, student_config, make_pretrain_loss)),
+            flush=True,
+        )
         return 0
     if not args.workdir:
         parser.error("the following arguments are required: --workdir")

@@ -33,7 +33,7 @@ def test_dry_run_reports_memory_flops_and_collectives(tmp_path, shared_data, cap
     fsdp = _report(capsys, "--config.mesh.data=1", "--config.mesh.fsdp=8", "--config.sharding=fsdp")
     assert list(tmp_path.iterdir()) == []  # nothing written
     # Independent counts: the student's params from its init, their bytes (fp32).
-    cfg = pretrain._student_config(pretrain.default_config(), 30522)
+    cfg = pretrain.student_config(pretrain.default_config(), 30522)
     n = dp["params"]
     assert n == fsdp["params"] == 4_437_467  # tiny: 2 x 128, vocab 30522
     assert cfg.hidden_size == 128
