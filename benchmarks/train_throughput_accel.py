@@ -35,11 +35,11 @@ from bipft_jax.train.loop import init_train_state, jit_step, make_train_step
 from bipft_jax.train.metrics import bert_flops_per_token, peak_flops_per_device
 from bipft_jax.train.optim import make_optimizer
 from bipft_jax.train.pretrain import (
-    _student_config,
     build_teacher,
     default_config,
     init_from_teacher,
     make_pretrain_loss,
+    student_config,
 )
 
 CONFIGS = [("fp", False), ("bibert", False), ("bit", False), ("bipft", False), ("bipft", True)]
@@ -59,7 +59,7 @@ def config(
 def bench(method: str, teacher: bool, batch: int, seq: int, steps: int, size: str) -> dict:
     c = config(method, teacher, batch, seq, size)
     mesh, rules = make_mesh({"data": 1}, jax.devices()[:1]), get_rules("dp")
-    cfg = _student_config(c, 30522)
+    cfg = student_config(c, 30522)
     student = BertForPreTraining(cfg)
     host = random_pretrain_batch(batch, seq, 20)
     ids = jnp.asarray(host["input_ids"][:1])

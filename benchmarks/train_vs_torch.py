@@ -171,11 +171,11 @@ def jax_pretrain_step(method: str, n_pred: int) -> Callable[[], None]:
     from bipft_jax.train.loop import init_train_state, jit_step, make_train_step
     from bipft_jax.train.optim import make_optimizer
     from bipft_jax.train.pretrain import (
-        _student_config,
         build_teacher,
         default_config,
         init_from_teacher,
         make_pretrain_loss,
+        student_config,
     )
 
     c = default_config()
@@ -184,7 +184,7 @@ def jax_pretrain_step(method: str, n_pred: int) -> Callable[[], None]:
     c.data.seq_len, c.data.global_batch_size, c.data.max_predictions = L, B, n_pred
     c.loss.update(nsp_kd=0.0, mlm_kd=0.0, hidden=1.0)  # MiniLM-like headless teacher
     mesh, rules = make_mesh({"data": 1}, jax.devices()[:1]), get_rules("dp")
-    cfg = _student_config(c, 30522)
+    cfg = student_config(c, 30522)
     student = BertForPreTraining(cfg)
     host = random_pretrain_batch(B, L, N_PRED)
     ids = host["input_ids"][:1]

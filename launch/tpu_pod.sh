@@ -6,7 +6,7 @@
 #
 # Usage:  TPU_NAME=my-v4-32 ZONE=us-central2-b launch/tpu_pod.sh [--] <bipft pretrain arguments...>
 #   e.g.  ... launch/tpu_pod.sh --config configs/pretrain/bipft_base.py --workdir /mnt/gcs/run1
-#   (the workdir must be shared by all workers, e.g. a gcsfuse mount; see launch/README.md)
+#   (the workdir must be shared by all workers, e.g. an NFS/Filestore mount; see launch/README.md)
 #
 # Environment:
 #   TPU_NAME, ZONE   (required) the TPU VM and its zone

@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "parallel": set(),
     "data": {"paths"},
     "model": {"quant", "presets"},
-    "checkpoint": {"model"},
+    "checkpoint": {"model", "paths"},
     "infer": {"model", "quant"},
     "export": {"checkpoint", "data", "infer", "model", "paths", "quant"},  # data: the tokenizer
     "train": {"checkpoint", "data", "losses", "model", "parallel", "paths", "quant"},

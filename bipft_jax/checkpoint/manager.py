@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 from bipft_jax.checkpoint.integrity import CheckpointCorruptError, SealedRenamePath, verify
 from bipft_jax.checkpoint.transfer import describe, differences, leaf_shapes
 from bipft_jax.errors import UserError, one_line
+from bipft_jax.paths import local_path
 
 PyTree = Any
 ON_CORRUPT = ("fallback", "error")
@@ -86,7 +87,7 @@ class CheckpointManager:
             raise ValueError(f"save_every must be >= 1, got {save_every}")
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1 or None (keep all), got {max_to_keep}")
-        self.directory = Path(workdir).absolute() / "checkpoints"
+        self.directory = local_path(workdir, "checkpoint workdir").absolute() / "checkpoints"
         policies = ocp.checkpoint_managers
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,

@@ -9,8 +9,9 @@ transform that builds this host's slice of global batch `step` (masking is vecto
 batch; a per-example map followed by `batch` measured 2.3x slower), optionally run ahead in
 `num_workers` processes (`mp_prefetch`). The corpus is read from the ArrayRecord shards of
 `bipft prepare` through `grain.sources.ArrayRecordDataSource` (`data/prepare.py`). Hosts are
-sharded by slicing each global batch, not with grain's `ShardByJaxProcess` (which would give
-hosts disjoint blocks of steps), so P hosts together see exactly one host's global batch.
+sharded by taking rows of each global batch (the rows their devices hold, `rows=`; by default a
+contiguous slice), not with grain's `ShardByJaxProcess` (which would give hosts disjoint blocks
+of steps), so P hosts together see exactly one host's global batch.
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ _NO_END = 2**62  # the step range is unbounded: epochs repeat with a new shuffle
 
 
 class _LocalBatch(grain.transforms.Map):
-    """step -> this host's rows `[lo, hi)` of global batch `step` (a pure function of step)."""
+    """step -> this host's `rows` of global batch `step` (a pure function of step)."""
 
-    def __init__(self, builder: ExampleBuilder, lo: int, hi: int, global_batch_size: int):
-        self.builder, self.rows, self.global_batch_size = builder, range(lo, hi), global_batch_size
+    def __init__(self, builder: ExampleBuilder, rows: Sequence[int], global_batch_size: int):
+        self.builder, self.rows, self.global_batch_size = builder, rows, global_batch_size
 
     def map(self, step: int) -> dict[str, np.ndarray]:
         return self.builder.batch(int(step), self.rows, self.global_batch_size)
@@ -99,6 +100,8 @@ class PretrainLoader:
       source: a `bipft prepare` output directory, or text file paths / globs.
       global_batch_size, seq_len, seed: batch shape and the one seed for all randomness.
       process_index, process_count: this host's slice; default `jax.process_index/count()`.
+      rows: instead, the global row indices this host loads (`parallel.host_batch_rows`: the
+        rows its devices hold; hosts may share rows when the tensor axis spans them).
       split, eval_fraction: train on the other documents, evaluate on a held-out fraction.
       num_workers: >0 builds batches ahead in that many grain worker processes (the same
         batches as 0); `prefetch` batches are buffered per worker.
@@ -124,6 +127,7 @@ class PretrainLoader:
         eval_fraction: float = 0.0,
         num_workers: int = 0,
         prefetch: int = 2,
+        rows: Sequence[int] | None = None,
     ):
         if process_index is None or process_count is None:
             import jax
@@ -132,7 +136,7 @@ class PretrainLoader:
             process_count = jax.process_count() if process_count is None else process_count
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index={process_index} not in [0, {process_count})")
-        if global_batch_size % process_count:
+        if rows is None and global_batch_size % process_count:
             raise ValueError(
                 f"global_batch_size={global_batch_size} is not divisible by "
                 f"process_count={process_count}"
@@ -146,7 +150,13 @@ class PretrainLoader:
         self.builder = ExampleBuilder(corpus, Vocabulary.from_vocab_dict(vocab), cfg, seed, doc_ids)
         self.global_batch_size, self.seed = global_batch_size, seed
         self.process_index, self.process_count = process_index, process_count
-        self.local_batch_size = global_batch_size // process_count
+        if rows is None:
+            size = global_batch_size // process_count
+            rows = range(process_index * size, (process_index + 1) * size)
+        self.rows = [int(r) for r in rows]
+        if not self.rows or not all(0 <= r < global_batch_size for r in self.rows):
+            raise ValueError(f"rows must be non-empty and in [0, {global_batch_size})")
+        self.local_batch_size = len(self.rows)
         self.num_workers, self.prefetch = num_workers, max(1, prefetch)
         self._fingerprint = self._make_fingerprint(cfg, split, eval_fraction)
         self.step = 0
@@ -162,14 +172,9 @@ class PretrainLoader:
     def examples_per_epoch(self) -> int:
         return self.builder.num_instances
 
-    def _local_range(self) -> tuple[int, int]:
-        lo = self.process_index * self.local_batch_size
-        return lo, lo + self.local_batch_size
-
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
         """This host's batch for `step` (does not move the iterator)."""
-        lo, hi = self._local_range()
-        return self.builder.batch(step, range(lo, hi), self.global_batch_size)
+        return self.builder.batch(step, self.rows, self.global_batch_size)
 
     def __iter__(self):
         return self
@@ -183,9 +188,8 @@ class PretrainLoader:
 
     def _dataset(self, start: int) -> grain.IterDataset:
         """The grain pipeline from global step `start` on."""
-        lo, hi = self._local_range()
         batches = grain.MapDataset.range(start, _NO_END).map(
-            _LocalBatch(self.builder, lo, hi, self.global_batch_size)
+            _LocalBatch(self.builder, self.rows, self.global_batch_size)
         )
         # No reader threads: the builder's random streams are per process, not thread-safe.
         ds = batches.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))

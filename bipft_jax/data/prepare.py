@@ -66,7 +66,7 @@ def write_prepared(
 
     if shard_size < 1:
         raise CorpusError(f"shard_size must be >= 1, got {shard_size}")
-    out = Path(out_dir)
+    out = paths.local_path(out_dir, "prepared corpus --out")
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).exists():
         raise CorpusError(f"{out} already holds a prepared corpus ({MANIFEST}); use a new --out")
@@ -111,7 +111,7 @@ def write_prepared(
 
 
 def read_manifest(prepared_dir: str | Path) -> dict:
-    path = Path(prepared_dir) / MANIFEST
+    path = paths.local_path(prepared_dir, "prepared corpus") / MANIFEST
     if not path.is_file():
         raise CorpusError(f"{prepared_dir}: no {MANIFEST} (not a `bipft prepare` output)")
     manifest = json.loads(path.read_text())

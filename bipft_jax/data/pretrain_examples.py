@@ -9,6 +9,7 @@ draws its randomness (segment split, random next document, truncation, masking) 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -219,7 +220,9 @@ class ExampleBuilder:
             out.append(seg[front : len(seg) - (cut - front)])
         return out[0], out[1]
 
-    def batch(self, step: int, indices: range, global_batch_size: int) -> dict[str, np.ndarray]:
+    def batch(
+        self, step: int, indices: Sequence[int], global_batch_size: int
+    ) -> dict[str, np.ndarray]:
         """Examples `indices` of global batch `step` as [len(indices), seq_len] arrays.
 
         Row i depends only on (seed, step, indices[i]): segments, truncation and the masking

@@ -126,3 +126,23 @@ def _wait_for_port(address: str, deadline: float) -> bool:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.2)
+
+
+def enable_compilation_cache(default_dir: str | os.PathLike | None = None) -> str:
+    """Turn on JAX's persistent compilation cache, so a restarted run (preemption, resume)
+    reuses its compiled steps; returns the directory.
+
+    ``$JAX_COMPILATION_CACHE_DIR`` (or a directory set earlier) wins; else ``default_dir``;
+    else ``$XDG_CACHE_HOME/bipft_jax/jax`` (``~/.cache/...``). An empty
+    ``$JAX_COMPILATION_CACHE_DIR`` opts out.
+    """
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") == "":
+        return ""
+    current = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]
+    if current:
+        return current
+    if default_dir is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+        default_dir = os.path.join(os.path.expanduser(base), "bipft_jax", "jax")
+    jax.config.update("jax_compilation_cache_dir", os.fspath(default_dir))
+    return os.fspath(default_dir)

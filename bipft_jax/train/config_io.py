@@ -23,6 +23,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from bipft_jax.errors import UserError, one_line
+from bipft_jax.paths import local_path
 
 PREFIX = "--config."
 HELP = "experiment file FILE.py[:ARG]; override any key with --config.KEY=VALUE"
@@ -221,7 +222,7 @@ def config_hash(cfg: ConfigDict) -> str:
 
 def save_config(cfg: ConfigDict, workdir: str | Path) -> Path:
     """Write ``workdir/config.json`` (with its hash alongside) and return the path."""
-    workdir = Path(workdir)
+    workdir = local_path(workdir, "--workdir")
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
     path.write_text(format_config(cfg) + "\n")

@@ -5,7 +5,8 @@
   returns the state and its shardings (also the abstract target for checkpoint restore).
 * ``make_train_step(loss_fn, tx, grad_accum_steps, seed)``: ``loss_fn(params, batch, rng) ->
   (loss, aux)``; gradient accumulation runs inside the step as a ``lax.scan`` over micro-batches
-  (mean of micro-batch gradients, fp32 accumulator). The step's RNG is
+  (mean of micro-batch gradients, fp32 accumulator); micro-batches are strided
+  (``split_micro``), so each device keeps its own rows. The step's RNG is
   ``fold_in(PRNGKey(seed), step)`` (then ``fold_in(·, micro)``), so a resumed run repeats exactly.
 * ``jit_step``: ``jax.jit`` with in/out shardings and the donated state, traced under the mesh and
   the logical-axis rules.
@@ -31,11 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bipft_jax.errors import UserError
 from bipft_jax.parallel import batch_sharding, replicated, state_shardings
-from bipft_jax.parallel.rules import Rules
+from bipft_jax.parallel.rules import BATCH_AXES, Rules
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -139,13 +140,33 @@ def step_rng(seed: int, step: jax.Array) -> jax.Array:
     return jax.random.fold_in(jax.random.PRNGKey(seed), step)
 
 
-def _split_micro(batch: Batch, k: int) -> Batch:
+def _batch_shards() -> int:
+    """How many ways the current mesh (``jax.set_mesh``) splits the batch; 1 without a mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return 1
+    return int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
+
+
+def split_micro(batch: Batch, k: int) -> Batch:
+    """``[B, ...] -> [k, B/k, ...]`` strided: micro-batch ``j`` is rows ``j, j+k, j+2k, ...``.
+
+    Each device holds a contiguous block of ``B/n`` rows (``n`` batch shards); with ``B``
+    divisible by ``n·k`` every micro-batch takes ``B/(n·k)`` rows from each device's own block,
+    so the split moves no data (a contiguous split would gather whole micro-batches). Otherwise
+    a micro-batch cannot spread evenly over the devices and XLA moves rows (correct, slower).
+    """
+    n = _batch_shards()
+
     def split(x):
         if x.shape[0] % k:
             raise ValueError(
                 f"batch dimension {x.shape[0]} is not divisible by grad_accum_steps={k}"
             )
-        return x.reshape(k, x.shape[0] // k, *x.shape[1:])
+        x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+        if n > 1 and x.shape[1] % n == 0:
+            x = jax.lax.with_sharding_constraint(x, PartitionSpec(None, BATCH_AXES))
+        return x
 
     return jax.tree.map(split, batch)
 
@@ -182,7 +203,7 @@ def make_train_step(
         if grad_accum_steps == 1:
             (loss, aux), grads = grad_fn(state.params, batch, rng, *consts)
         else:
-            micro = _split_micro(batch, grad_accum_steps)
+            micro = split_micro(batch, grad_accum_steps)
 
             def body(carry, xs):
                 i, mb = xs
@@ -265,7 +286,7 @@ def jit_step(
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             return jitted(state, batch, *consts)
 
-    call.jitted = jitted  # type: ignore[attr-defined]
+    call.jitted, call.mesh = jitted, mesh  # type: ignore[attr-defined]
     return call
 
 
@@ -352,16 +373,20 @@ def run_loop(
     (sharded) batches. ``on_log`` gets the logged step's metrics (plus ``skipped_nonfinite``,
     the count of skipped steps so far) and the mean step time since the previous log. After
     ``max_nonfinite`` consecutive skipped steps (``None``: never) it raises
-    ``NonFiniteLossError``.
+    ``NonFiniteLossError``. ``data_wait_s`` in the logged metrics is the mean time per step spent
+    waiting for ``next(batches)`` since the previous log.
     """
     hooks = hooks or LoopHooks()
     extra = hooks.extra or (lambda: {})
     guard = NonFiniteGuard(max_nonfinite)
     step = start_step
     t_last, s_last = time.perf_counter(), step
+    waited = 0.0  # seconds spent waiting for batches since the last log
     status = "done"
     while step < total_steps:
+        t_wait = time.perf_counter()
         batch = next(batches)
+        waited += time.perf_counter() - t_wait
         state, metrics = train_step(state, batch)
         step += 1
         guard.push(step, metrics)
@@ -370,9 +395,10 @@ def run_loop(
         if hooks.on_log is not None and (step % log_every == 0 or last or step == start_step + 1):
             guard.flush()  # this step's flag; to_host waits for the step anyway
             host = {**to_host(metrics), "skipped_nonfinite": float(guard.skipped)}
+            host["data_wait_s"] = waited / max(step - s_last, 1)
             now = time.perf_counter()
             hooks.on_log(step, host, (now - t_last) / max(step - s_last, 1))
-            t_last, s_last = now, step
+            t_last, s_last, waited = now, step, 0.0
         if hooks.evaluate is not None and eval_every > 0 and (step % eval_every == 0 or last):
             hooks.evaluate(state, step)
         if not last and checkpoint is not None and checkpoint.reached_preemption(step):
@@ -398,6 +424,7 @@ __all__ = [
     "make_train_step",
     "opt_state_shardings",
     "run_loop",
+    "split_micro",
     "step_rng",
     "to_host",
     "train_state_shardings",

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from bipft_jax.paths import local_path
+
 # Peak dense bf16 FLOP/s per JAX device, from vendor spec sheets. Matched in order against
 # the lower-cased ``device.device_kind``; more specific patterns come first.
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
@@ -101,7 +103,7 @@ class MetricWriter:
 
             enabled = jax.process_index() == 0
         self.enabled = enabled
-        self.workdir = Path(workdir)
+        self.workdir = local_path(workdir, "metrics workdir")
         self._jsonl = None
         self._tb = None
         if not enabled:
@@ -170,7 +172,8 @@ class ProgressLogger:
     lr 1.00e-04 | gnorm 1.23 | 12,345 tok/s | 0.512 s/step | MFU 31.2% | ETA 7m30s``.
 
     Call ``update(step, metrics)`` after a step has finished (block on a metric first); speed
-    is averaged over the steps since the previous call. ``tokens_per_step`` is the global
+    is averaged over the steps since the previous call and kept in ``speed`` (``tokens_per_s``,
+    ``mfu`` as a fraction) for the metric sinks. ``tokens_per_step`` is the global
     batch's tokens; MFU needs ``flops_per_token`` and a known device kind.
     """
 
@@ -197,6 +200,7 @@ class ProgressLogger:
         self.peak_flops = None if peak is None else peak * num_devices
         self._clock = clock
         self._last: tuple[int, float] | None = None
+        self.speed: dict[str, float] = {}  # the last update's tokens_per_s / mfu, for the sinks
 
     def start(self, step: int) -> None:
         """Mark the time origin (e.g. after compilation) at ``step``."""
@@ -218,14 +222,17 @@ class ProgressLogger:
                 val = scalars[key]
                 text = {"lr": f"{val:.2e}", "mlm_acc": f"{val:.4f}"}.get(label, _fmt(val))
                 parts.append(f"{label} {text}")
+        self.speed = {}
         if self._last is not None and step > self._last[0] and now > self._last[1]:
             step_time = (now - self._last[1]) / (step - self._last[0])
             tok_s = self.tokens_per_step / step_time if self.tokens_per_step else None
             if tok_s is not None:
                 parts.append(f"{tok_s:,.0f} tok/s")
+                self.speed["tokens_per_s"] = tok_s
             parts.append(f"{step_time:.3f} s/step")
             if tok_s is not None and self.flops_per_token and self.peak_flops:
-                parts.append(f"MFU {100.0 * tok_s * self.flops_per_token / self.peak_flops:.1f}%")
+                self.speed["mfu"] = tok_s * self.flops_per_token / self.peak_flops
+                parts.append(f"MFU {100.0 * self.speed['mfu']:.1f}%")
             parts.append(f"ETA {format_duration(max(self.total_steps - step, 0) * step_time)}")
         self._last = (step, now)
         return " | ".join(parts)

@@ -5,7 +5,9 @@
 The run resumes automatically from the newest checkpoint in ``workdir`` (model, optimizer and
 data-loader state), saves every ``train.save_every`` steps (async, keep-last-N), saves at the
 current step and exits 0 on SIGTERM, and writes ``config.json``, ``metrics.jsonl`` and
-TensorBoard events to ``workdir``. Multi-host: add ``--distributed`` (see ``--help``).
+TensorBoard events (with tokens/s, MFU and data-wait time) to ``workdir``, and keeps compiled
+steps in JAX's persistent cache (``$JAX_COMPILATION_CACHE_DIR``, else ``~/.cache/bipft_jax/jax``).
+Multi-host: add ``--distributed`` (see ``--help``). ``--dry-run`` compiles and reports only.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from bipft_jax import paths
 from bipft_jax.checkpoint import (
@@ -39,11 +42,17 @@ from bipft_jax.losses import (
 )
 from bipft_jax.parallel import (
     get_rules,
+    host_batch_rows,
     make_mesh,
+    put_global,
     shard_host_batch,
     state_shardings,
 )
-from bipft_jax.parallel.distributed import add_distributed_args, maybe_initialize_distributed
+from bipft_jax.parallel.distributed import (
+    add_distributed_args,
+    enable_compilation_cache,
+    maybe_initialize_distributed,
+)
 from bipft_jax.quant import with_numel_multiplier
 from bipft_jax.train import config_io
 from bipft_jax.train.loop import (
@@ -110,7 +119,7 @@ def max_predictions(c: ml_collections.ConfigDict) -> int:
     return d.max_predictions or max(1, round(d.seq_len * d.mask_prob))
 
 
-def _student_config(c: ml_collections.ConfigDict, vocab_size: int):
+def student_config(c: ml_collections.ConfigDict, vocab_size: int):
     from bipft_jax.model.presets import apply_overrides, get_model_config
 
     m = c.model
@@ -188,10 +197,13 @@ def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any
         from bipft_jax.model.hf_import import import_hf_weights
 
         assert hf_state is not None  # read above when source == "hf"
-        new, _ = import_hf_weights({"params": jax.device_get(params)}, hf_state,
+        # The random init (kept where the checkpoint has no heads) gathered to every host: a
+        # device_get of arrays that span hosts fails on a pod.
+        host = multihost_utils.process_allgather(params, tiled=True)
+        new, _ = import_hf_weights({"params": host}, hf_state,
                                    ignore_missing=() if has_heads else HEADS,
                                    ignore_unexpected=("cls.predictions.decoder",))  # fmt: skip
-        params = jax.device_put(new["params"], shardings)
+        params = put_global(new["params"], shardings)
     elif t.source == "checkpoint":
         params = _restore_teacher_checkpoint(t.path, params, shardings)
     return model, params, shardings, has_heads
@@ -200,7 +212,7 @@ def build_teacher(c, student_cfg, mesh, rules, ids) -> tuple[nn.Module, Any, Any
 def _restore_teacher_checkpoint(path: str, params, shardings):
     """Student params of a finished FP `bipft pretrain` run (its workdir) as the teacher: read
     straight onto the teacher's shardings; they must be exactly the FP model's params."""
-    if not (Path(path) / "checkpoints").is_dir():
+    if not (paths.local_path(path, "config teacher.path") / "checkpoints").is_dir():
         raise FileNotFoundError(f"config teacher.path: no checkpoints/ in workdir {path!r}")
     like = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         params, shardings)  # fmt: skip
@@ -258,7 +270,9 @@ def make_pretrain_loss(c, student, teacher):
 # ----------------------------------------------------------------------------- data
 
 
-def make_loaders(c, split_eval: bool):
+def make_loaders(c, split_eval: bool, rows=None):
+    """Train (and eval) loaders of this host's ``rows`` of each global batch (default: its
+    contiguous slice; ``train_and_evaluate`` passes the rows its devices hold)."""
     from bipft_jax.data.loader import PretrainLoader
 
     d = c.data
@@ -269,11 +283,11 @@ def make_loaders(c, split_eval: bool):
         missing = [f for f in source if not glob.glob(str(f))]
         if missing:
             raise FileNotFoundError(f"config data.files: corpus file(s) not found: {missing}")
-    elif not Path(d.prepared_dir).is_dir():
+    elif not paths.local_path(d.prepared_dir, "config data.prepared_dir").is_dir():
         raise FileNotFoundError(f"config data.prepared_dir {d.prepared_dir!r} does not exist")
     kw = dict(seq_len=d.seq_len, seed=c.seed, vocab_file=d.vocab_file or None,
               mask_prob=d.mask_prob, max_predictions=max_predictions(c),
-              max_docs=d.max_docs or None, eval_fraction=d.eval_fraction)  # fmt: skip
+              max_docs=d.max_docs or None, eval_fraction=d.eval_fraction, rows=rows)  # fmt: skip
     train = PretrainLoader(source, d.global_batch_size, num_workers=d.num_workers, **kw)
     evl = None
     if split_eval and d.eval_fraction > 0:
@@ -284,17 +298,30 @@ def make_loaders(c, split_eval: bool):
 # ----------------------------------------------------------------------------- main run
 
 
+def refuse_urls(c: ml_collections.ConfigDict, workdir: str | Path) -> Path:
+    """The workdir as a local ``Path``; a URL there or in the corpus / teacher paths is refused
+    in one line (``paths.local_path``) before anything is read or written."""
+    for f in c.data.files:
+        paths.local_path(f, "config data.files entry")
+    if c.data.prepared_dir:
+        paths.local_path(c.data.prepared_dir, "config data.prepared_dir")
+    if c.teacher.source != "random" and c.teacher.path:
+        paths.local_path(c.teacher.path, "config teacher.path")
+    return paths.local_path(workdir, "--workdir")
+
+
 def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str:
     """Build everything from the config, resume if possible, train; returns the loop status."""
     from bipft_jax.train.metrics import MetricWriter, ProgressLogger, bert_flops_per_token
 
-    workdir = Path(workdir)
+    workdir = refuse_urls(c, workdir)
     main_proc = jax.process_index() == 0
     mesh = make_mesh(dict(c.mesh))
     rules = get_rules(c.sharding)
-    loader, eval_loader = make_loaders(c, c.train.eval_every > 0)
+    gbs = c.data.global_batch_size
+    loader, eval_loader = make_loaders(c, c.train.eval_every > 0, host_batch_rows(mesh, gbs))
     vocab_size = len(loader.builder.vocab.is_continuation)  # the tokenizer's vocabulary size
-    student_cfg = _student_config(c, vocab_size)
+    student_cfg = student_config(c, vocab_size)
     from bipft_jax.model.bert import BertForPreTraining
 
     student = BertForPreTraining(student_cfg)
@@ -307,7 +334,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
     tx = make_optimizer(opt_cfg)
     lr_fn = lr_schedule(opt_cfg)
 
-    calib = shard_host_batch(first, mesh)
+    calib = shard_host_batch(first, mesh, gbs)
 
     def init_params(rng, teacher_params, cb):
         boxed = student.init(rng, cb["input_ids"][:1])["params"]
@@ -354,7 +381,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
                          const_shardings=(t_sh,))  # fmt: skip
     eval_batches = []
     if eval_loader is not None:
-        eval_batches = [shard_host_batch(eval_loader.batch_at(i), mesh)
+        eval_batches = [shard_host_batch(eval_loader.batch_at(i), mesh, gbs)
                         for i in range(c.data.eval_batches)]  # fmt: skip
 
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
@@ -374,7 +401,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
         if step == start + 1:
             progress.start(step)  # the first step includes compilation
         line = progress.update(step, metrics)
-        writer.write_scalars(step, {**metrics, "step_time_s": dt})
+        writer.write_scalars(step, {**metrics, "step_time_s": dt, **progress.speed})
         if main_proc:
             print(line, flush=True)
 
@@ -400,7 +427,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
 
     def batches():
         while True:
-            yield shard_host_batch(next(loader), mesh)
+            yield shard_host_batch(next(loader), mesh, gbs)
 
     hooks = LoopHooks(
         on_log,
@@ -432,11 +459,38 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--workdir", required=True, help="checkpoints, config and metrics")
+    parser.add_argument("--workdir", help="checkpoints, config and metrics (required to train)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="compile the train step for the config's mesh and batch, report "
+        "memory per device, FLOPs and collectives, and exit (nothing is written)",
+    )
+    parser.add_argument(
+        "--dry-run-devices",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --dry-run: simulate N CPU devices (e.g. a pod's count)",
+    )
     add_distributed_args(parser)
     cfg, args = config_io.parse_command_line(parser, list(sys.argv[1:] if argv is None else argv))
+    if args.dry_run:
+        from bipft_jax.train import dry_run
+
+        if args.dry_run_devices:
+            dry_run.simulate_devices(args.dry_run_devices)
+        print(
+            dry_run.format_report(dry_run.dry_run(cfg, student_config, make_pretrain_loss)),
+            flush=True,
+        )
+        return 0
+    if not args.workdir:
+        parser.error("the following arguments are required: --workdir")
     maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                  args.distributed_timeout_s, enabled=args.distributed)  # fmt: skip
+    refuse_urls(cfg, args.workdir)  # before anything is written or compiled
+    enable_compilation_cache()
     if jax.process_index() == 0:
         config_io.print_config(cfg)
     if jax.process_count() == 1:

@@ -4,8 +4,12 @@ bert-base-uncased. Our defaults where they deliberately differ from the referenc
 options below (each says what the reference does); `bipft_base_reference.py` is exact parity,
 and docs/deviations.md lists every difference.
 
-    bipft pretrain --config configs/pretrain/bipft_base.py --workdir gs://.../bipft_base \\
+    bipft pretrain --config configs/pretrain/bipft_base.py --workdir /shared/runs/bipft_base \\
         --config.teacher.path=/path/to/bert-base-uncased   # a Hugging Face model directory
+
+The workdir is a local path; on a pod, one directory every host sees (NFS / Filestore).
+`gs://` workdirs are refused until they are supported, and gcsfuse mounts fail at the
+checkpoint commit (it renames directories).
 
 `:<method>` picks another binary preset (fp, bibert, bit). On a pod, set the mesh, e.g.
 `--config.mesh.fsdp=-1 --config.mesh.data=1 --config.sharding=fsdp`, and `--distributed`.

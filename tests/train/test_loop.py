@@ -139,3 +139,44 @@ def test_indivisible_micro_batch_is_a_clear_error():
     state, step, _, mesh = _setup("fp", 3)
     with pytest.raises(ValueError, match="not divisible by grad_accum_steps=3"):
         step(state, shard_host_batch(random_batch(0), mesh))
+
+
+def _contiguous_split(batch, k):  # the old split: micro-batch j = rows [j·B/k, (j+1)·B/k)
+    return jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
+
+
+def _dp8_step(k, tx=None):
+    state, step, _, mesh = _setup("fp", k, {"data": 8}, tx=tx)
+    return state, step, shard_host_batch(random_batch(0, batch=32), mesh)
+
+
+def test_accumulation_moves_no_batch_rows_between_devices(monkeypatch):
+    """8-way data parallel, k=2: the compiled step has no all-gather or all-to-all (only the
+    gradient all-reduce); the old contiguous split, compiled the same way, has one."""
+    from bipft_jax.train import loop
+
+    def collectives(k):
+        state, step, batch = _dp8_step(k)
+        with jax.set_mesh(step.mesh):
+            hlo = step.jitted.lower(state, batch).compile().as_text()
+        return {op for op in ("all-gather", "all-to-all", "all-reduce") if f" {op}(" in hlo}
+
+    assert collectives(1) == {"all-reduce"}
+    assert collectives(2) == {"all-reduce"}
+    monkeypatch.setattr(loop, "split_micro", _contiguous_split)
+    assert collectives(2) & {"all-gather", "all-to-all"}
+
+
+def test_accumulation_on_8_devices_matches_one_step():
+    """k=2 strided micro-batches on 8 devices == one step on the whole batch (SGD lr=1: the
+    param change is the gradient), to float rounding."""
+    runs = {}
+    for k in (1, 2):
+        state, step, batch = _dp8_step(k, tx=optax.sgd(1.0))
+        state, m = step(state, batch)
+        runs[k] = (jax.device_get(state.params), {kk: float(v) for kk, v in m.items()})
+    for key in ("loss", "mlm", "mlm_acc", "grad_norm"):
+        np.testing.assert_allclose(runs[2][1][key], runs[1][1][key], rtol=1e-5, err_msg=key)
+    flat = jax.tree_util.tree_flatten_with_path(runs[1][0])[0]
+    for (path, a), b in zip(flat, jax.tree.leaves(runs[2][0]), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7, err_msg=jax.tree_util.keystr(path))

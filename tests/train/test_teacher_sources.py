@@ -8,7 +8,7 @@ import pytest
 from flax import traverse_util
 
 from bipft_jax.parallel import get_rules, make_mesh
-from bipft_jax.train.pretrain import _student_config, build_teacher, default_config
+from bipft_jax.train.pretrain import build_teacher, default_config, student_config
 from tests.train.cli_runs import final_params, run
 
 torch = pytest.importorskip("torch")
@@ -35,7 +35,7 @@ def _teacher(source: str, path) -> tuple:
     c.teacher.source, c.teacher.path = source, str(path)
     ids = np.zeros((1, 8), np.int32)
     mesh = make_mesh({"data": 1}, jax.devices()[:1])
-    return build_teacher(c, _student_config(c, 30522), mesh, get_rules("dp"), ids)
+    return build_teacher(c, student_config(c, 30522), mesh, get_rules("dp"), ids)
 
 
 def _shared_leaves(student: dict, source: dict) -> int:
