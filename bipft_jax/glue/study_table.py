@@ -306,15 +306,16 @@ def build_tables(results: str | Path, cfg: Any) -> list[Path]:
                   f"binary pretraining: `{cfg.pretrain_config}` for {cfg.pretrain_steps} steps."),
         "machine": records[-1].get("machine", {}),
         "command": "bipft study --config configs/study/minilm.py"
-        + (":paper" if cfg.get("compare_with") else "") + " --workdir workdir/study --commit",
+        + (":paper" if "compare_with" in cfg else "") + " --workdir workdir/study --commit",
         "examples": list(first.values()),
-        "budget": "each paper's own fine-tuning budget" if cfg.get("compare_with") else "",
+        "budget": "each paper's own fine-tuning budget" if "compare_with" in cfg else "",
     }  # fmt: skip
+    paper = "compare_with" in cfg  # the paper-budget study: judged against the target
     other = study_targets.compare_summary(cfg.get("compare_with", ""))
-    judged = study_targets.markdown(summary, records, other, ROW_TITLES)
+    judged = study_targets.markdown(summary, records, other, ROW_TITLES, target=paper)
     data = {"tasks": tasks, "summary": summary, "curve": pts, "verdict": verdict(summary),
             "one_class": study_targets.one_class_runs(records),
-            "target": study_targets.target_check(summary, records) if other else None,
+            "target": study_targets.target_check(summary, records) if paper else None,
             "runs": records, **info}  # fmt: skip
     base = folder.parent / folder.name
     out = [base.with_suffix(".json"), base.with_suffix(".md")]

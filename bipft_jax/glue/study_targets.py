@@ -55,14 +55,40 @@ def target_check(summary: dict, records: list[dict]) -> dict[str, Any]:
     return {"parts": parts, "met": met}
 
 
+def diagnosis(tc: dict, records: list[dict], oc: dict) -> str:
+    """Why the target was missed, from the records: for each missed score, how many of the best
+    row's runs were still improving at their last evaluation; for one-class runs, whether the
+    logits still rank the rows (margin AUC > 0.55) or carry no signal."""
+    out = []
+    for key, p in tc["parts"].items():
+        if p["met"] or key == "cola/no_one_class":
+            continue
+        task = key.split("/")[0]
+        runs = [r for r in records if r["row"] == p["best_row"] and r["task"] == task]
+        late = sum(r["best"]["step"] == r["steps"] for r in runs)
+        out.append(f"{key} reached {p['best']:.1f} (< {p['want']:g}); in {late} of {len(runs)} "
+                   "of the best row's runs the best checkpoint is the last one (still learning "
+                   "when the budget ran out)")  # fmt: skip
+    flat = oc["one_class"]
+    if flat:
+        ranked = sum((x["margin_auc"] or 0.0) > 0.55 for x in flat)
+        out.append(f"{len(flat)} binary runs predict one class; in {ranked} of them the margin "
+                   "AUC is above 0.55 (the logits rank the rows, the threshold sits outside "
+                   "them), in the others there is no signal")  # fmt: skip
+    return "; ".join(out) + "." if out else "see the tables above."
+
+
 def compare_summary(path: str) -> dict | None:
     """The `summary` of another study's results json (the study budget beside the paper's)."""
     f = Path(path)
     return json.loads(f.read_text())["summary"] if path and f.is_file() else None
 
 
-def markdown(summary: dict, records: list[dict], other: dict | None, titles: dict) -> list[str]:
-    """The judging sections as Markdown lines."""
+def markdown(
+    summary: dict, records: list[dict], other: dict | None, titles: dict, target: bool = False
+) -> list[str]:
+    """The judging sections as Markdown lines: one-class runs always; the target when
+    ``target``; the other study's numbers beside when ``other`` is given."""
     lines: list[str] = []
     oc = one_class_runs(records)
     lines += ["## One-class runs (final checkpoint, binary rows)", ""]
@@ -75,7 +101,7 @@ def markdown(summary: dict, records: list[dict], other: dict | None, titles: dic
         lines.append(f"{len(oc['not_recorded'])} runs predate the collapse record (scored "
                      "before 2026-12-07): their class shares are not known here.")  # fmt: skip
     lines.append("")
-    if other is not None:
+    if target:
         tc = target_check(summary, records)
         lines += ["## Target (best binary row, final checkpoint, median over seeds)", ""]
         for key, p in tc["parts"].items():
@@ -87,7 +113,11 @@ def markdown(summary: dict, records: list[dict], other: dict | None, titles: dic
                              f"({titles.get(p['best_row'], p['best_row'])}) — "
                              f"{'met' if p['met'] else 'not met'}")  # fmt: skip
         verdict = {True: "met", False: "not met", None: "no finished runs yet"}[tc["met"]]
-        lines += ["", f"Target: **{verdict}**.", ""]
+        lines += ["", f"Target: **{verdict}**."]
+        if tc["met"] is False:
+            lines += ["", "Diagnosis: " + diagnosis(tc, records, oc)]
+        lines.append("")
+    if other is not None:
         lines += ["## Beside the study budget (final, median ×100; paper budget / study budget)",
                   ""]  # fmt: skip
         keys = sorted({k for d in summary.values() for k in d["final"] if "/" in k})

@@ -96,6 +96,7 @@ def test_tables_flag_one_class_runs_and_judge_the_target(tmp_path):
     assert t["stsb/pearson"]["best_row"] == "bipft_b_hi" and t["stsb/pearson"]["met"]
     assert not t["cola/no_one_class"]["met"] and data["target"]["met"] is False
     assert "Target: **not met**" in md and "— each paper's own fine-tuning budget" in md
+    assert "1 binary runs predict one class; in 1 of them the margin AUC is above 0.55" in md
     # columns cola/mcc, stsb/pearson, stsb/spearman; the _hi row sits beside the study's row
     assert "| BiPFT-B at the study's lr 2e-4 | — / — | 55.0 / 12.3 | 50.0 / — |" in md
 
