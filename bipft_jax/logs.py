@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 LOG_NAME = "bipft.log"
 _MAX_BUFFER = 2000  # records kept while the workdir does not exist yet
@@ -63,7 +64,8 @@ def routed_logs(workdir: Path | None) -> Iterator[WorkdirLog]:
     handler = WorkdirLog(workdir)
     root = logging.getLogger()
     saved = (list(root.handlers), root.level, threading.excepthook, sys.unraisablehook)
-    absl_logger = absl_handler = None
+    absl_logger: Any = None
+    absl_handler: Any = None
     with contextlib.suppress(ImportError):  # absl keeps its own handler and logger
         from absl import logging as absl_logging
 
@@ -73,17 +75,17 @@ def routed_logs(workdir: Path | None) -> Iterator[WorkdirLog]:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
-    if absl_logger is not None:
+    if absl_logger is not None and absl_handler is not None:
         absl_logger.propagate = True
         absl_logger.removeHandler(absl_handler)
     log = logging.getLogger("bipft")
 
     def thread_hook(a: threading.ExceptHookArgs) -> None:
-        exc = (a.exc_type, a.exc_value, a.exc_traceback)
+        exc: Any = (a.exc_type, a.exc_value, a.exc_traceback)
         log.error("exception in thread %s", getattr(a.thread, "name", "?"), exc_info=exc)
 
     def unraisable_hook(u) -> None:
-        exc = (type(u.exc_value), u.exc_value, u.exc_traceback)
+        exc: Any = (type(u.exc_value), u.exc_value, u.exc_traceback)
         log.error("unraisable: %s %r", u.err_msg or "", u.object, exc_info=exc)
 
     threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook

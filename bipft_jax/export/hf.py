@@ -196,5 +196,5 @@ def export_hf(
     if vocab_file is not None:
         from bipft_jax.export.hf_tokenizer import write_tokenizer
 
-        write_tokenizer(vocab_file, out, config.vocab_size, config.max_position)
+        write_tokenizer(Path(vocab_file), out, config.vocab_size, config.max_position)
     return out

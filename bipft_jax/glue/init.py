@@ -10,6 +10,7 @@ every mismatched parameter.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,16 @@ def merge_encoder(
         shapes, _, _ = differences(leaf_shapes(params), leaf_shapes(source))
         head = all(k.startswith("classifier/") for k in shapes)  # another task's classifier
         raise InitError(f"{e}" + ("; set init.load_classifier=False" if head else "")) from None
-    dropped = [k for k in report.unused if k.startswith("bert/")]  # heads may go; encoder not
+    # Heads may go, and whole layers past a shallower `model.num_layers` (a deliberate cut);
+    # any other encoder array left over means another method or config.
+    layer = re.compile(r"bert/encoder/layer_(\d+)/")
+    kept_layers = {m.group(1) for k in leaf_shapes(params) if (m := layer.match(k))}
+
+    def cut_layer(k: str) -> bool:
+        m = layer.match(k)
+        return bool(kept_layers and m and m.group(1) not in kept_layers)
+
+    dropped = [k for k in report.unused if k.startswith("bert/") and not cut_layer(k)]
     if dropped:
         raise InitError(
             f"{what}: {len(dropped)} encoder arrays of the checkpoint have no place in this model "

@@ -5,6 +5,8 @@ documented order (bit-exact); gradients against the plain product of the quantiz
 (what the layer computed before) and a closed form; a model's rows in two batch shapes.
 """
 
+from pathlib import Path
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,9 @@ from bipft_jax.quant.elastic import elastic_quantize
 from bipft_jax.quant.product import Quantized, quantized_einsum
 from bipft_jax.quant.weights import quantize_weight
 from tests.export.helpers import init_params, tiny_config
+
+_CPUINFO = Path("/proc/cpuinfo")
+_AVX512 = "avx512f" in _CPUINFO.read_text() if _CPUINFO.exists() else True
 
 BINARY = {
     "bibert": DenseQuant(WeightQuant("bibert"), ActQuant("sign", clip_inclusive=True)),
@@ -104,8 +109,11 @@ def test_model_rows_do_not_depend_on_the_batch_shape(method):
     small = np.asarray(apply(params, jnp.asarray(ids[:5, :12]), jnp.asarray(mask[:5, :12])))
     if method == "bipft":  # its float estimators round with the shape; the binary parts do not
         np.testing.assert_allclose(big[:5], small, rtol=0, atol=1e-5)
-    else:
+    elif _AVX512:
         np.testing.assert_array_equal(big[:5], small)
+    else:  # AVX2 (Zen 2, 2026-12-07): the embedding LayerNorm's row reductions and the FP
+        # classifier GEMM vectorize by batch shape (last bits differ; attention bits stay equal)
+        np.testing.assert_allclose(big[:5], small, rtol=0, atol=1e-6)  # seen: 6e-8
 
 
 def _plain_layer(name: str):
