@@ -2,6 +2,7 @@
 `BIPFT_DEBUG=1` shows the traceback, and `--help` works for every command."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,7 +125,10 @@ def test_help_works_for_every_command(name, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([name, "--help"])
     assert e.value.code == 0
-    assert f"usage: bipft {name}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"usage: bipft {name}" in out
+    cited = re.findall(r"configs/[\w/.]+\.py", out)  # every config file the help cites exists
+    assert all((ROOT / c).is_file() for c in cited), cited
 
 
 def _subprocess(argv, **env):

@@ -147,9 +147,11 @@ class ExampleBuilder:
         self.corpus, self.vocab, self.cfg, self.seed = corpus, vocab, cfg, int(seed)
         self.doc_ids = np.arange(corpus.num_docs) if doc_ids is None else np.unique(doc_ids)
         if len(self.doc_ids) < 2:
+            held = corpus.num_docs - len(self.doc_ids)
+            note = f" ({held} held out for eval: data.eval_fraction)" if held else ""
             raise ValueError(
                 f"NSP needs at least 2 documents, got {len(self.doc_ids)} of the corpus's "
-                f"{corpus.num_docs} (the rest are held out for eval: data.eval_fraction)"
+                f"{corpus.num_docs}{note}"
             )
         self.plan = build_plan(corpus, self.doc_ids, cfg, seed)
         # One-sentence documents can only give a random next; lower the rate elsewhere so

@@ -262,7 +262,11 @@ def run_stage(
                            batch["token_type_ids"])["logits"]  # fmt: skip
 
     eval_step = jit_step(logits_fn, mesh, rules, sh, returns_state=False)
-    writer = MetricWriter(out_dir, tensorboard=False)
+    # The checkpoint at `start` was written before its evaluation: that evaluation is redone.
+    eval_again = bool(start) and start % eval_every == 0
+    eval_again = eval_again and not any(h["step"] == start for h in progress.history)
+    writer = MetricWriter(out_dir, tensorboard=False, resume_step=start,
+                          redone=("eval/",) if eval_again else ())  # fmt: skip
     extra = {"task": spec.name, "stage": stage.name, "seed": cfg.seed}
     rule = eval_rules(cfg.eval.selection, cfg.eval.mnli_mm, spec.name)
 
@@ -292,8 +296,8 @@ def run_stage(
             _save_params(out_dir / "best", step, st.params, {**extra, "metrics": metrics}, mcfg,
                          spec.num_labels)  # fmt: skip
 
-    if start and start % eval_every == 0 and not any(h["step"] == start for h in progress.history):
-        on_eval(state, start)  # the checkpoint at `start` was written before its evaluation
+    if eval_again:
+        on_eval(state, start)
 
     logger = ProgressLogger(total, tr.batch_size * tr.max_length)
 

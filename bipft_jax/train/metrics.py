@@ -91,13 +91,50 @@ def _scalar(v: Any) -> float | int | str:
     return x
 
 
+def keep_rows_before_resume(path: Path, step: int, redone: tuple[str, ...] = ()) -> int:
+    """Rewrite the metrics file ``path`` for a run resuming from ``step``: keep the rows of
+    earlier steps and those of ``step`` itself, except rows of ``step`` holding a key that
+    starts with one of ``redone`` (the resumed run writes them again). Rows past ``step`` (the
+    work the resume repeats) and a torn last line go. Returns how many rows were dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            at = int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            dropped += 1  # a write cut short by a kill
+            continue
+        again = at == step and any(k.startswith(redone) for k in row if k != "step")
+        if at > step or again:
+            dropped += 1
+        else:
+            kept.append(line + "\n")
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
+
+
 class MetricWriter:
     """Appends ``{"step": s, **scalars}`` to ``workdir/metrics.jsonl`` and TensorBoard events.
 
-    Only process 0 writes (``enabled`` defaults to that) so multi-host runs do not race.
+    Only process 0 writes (``enabled`` defaults to that) so multi-host runs do not race. A run
+    that starts at ``resume_step`` (0 for a fresh one) first drops the rows it will write again
+    (``keep_rows_before_resume``; ``redone``: key prefixes of the rows at ``resume_step`` itself
+    that it repeats), so a resumed run's file has each step once; TensorBoard purges the same.
     """
 
-    def __init__(self, workdir: str | Path, enabled: bool | None = None, tensorboard: bool = True):
+    def __init__(
+        self,
+        workdir: str | Path,
+        enabled: bool | None = None,
+        tensorboard: bool = True,
+        resume_step: int | None = None,
+        redone: tuple[str, ...] = (),
+    ):
         if enabled is None:
             import jax
 
@@ -109,11 +146,15 @@ class MetricWriter:
         if not enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        path = self.workdir / "metrics.jsonl"
+        if resume_step is not None:
+            keep_rows_before_resume(path, resume_step, redone)
+        self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(logdir=str(self.workdir / "tensorboard"))
+            purge = None if resume_step is None else resume_step + (0 if redone else 1)
+            self._tb = SummaryWriter(logdir=str(self.workdir / "tensorboard"), purge_step=purge)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         """Record one step's scalars (jax/numpy 0-d arrays or Python numbers)."""

@@ -392,7 +392,8 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
                              student_cfg.num_layers, student_cfg.vocab_size, d.seq_len,
                              max_predictions(c), teacher_forward=teacher is not None),
     )  # fmt: skip
-    writer = MetricWriter(workdir)
+    # Rows past the restored step go (the resume writes them again); a fresh start redoes step 0.
+    writer = MetricWriter(workdir, resume_step=start, redone=("eval/",) if start == 0 else ())
     if main_proc:
         print(f"student {c.model.method}/{c.model.size}: {n_params:,} params; mesh "
               f"{dict(mesh.shape)}; rules {c.sharding}; start {start}", flush=True)  # fmt: skip

@@ -256,8 +256,15 @@ def test_loader_source_errors(tmp_path, vocab_file):
     with pytest.raises(ValueError, match="matches no file"):
         PretrainLoader([tmp_path / "missing*.txt"], 8, SEQ, 0, 0, 1, vocab_file=vocab_file)
     (tmp_path / "one.txt").write_text("Just one document here. Two sentences.\n")
-    with pytest.raises(ValueError, match="NSP needs at least 2 documents, got 1"):
+    with pytest.raises(
+        ValueError, match=r"NSP needs at least 2 documents, got 1 of the corpus's 1$"
+    ):
         PretrainLoader([tmp_path / "one.txt"], 8, SEQ, 0, 0, 1, vocab_file=vocab_file)
+    # With an eval hold-out the one document is held out: the message says so (not "got 0").
+    held = r"got 0 of the corpus's 1 \(1 held out for eval: data.eval_fraction\)"
+    with pytest.raises(ValueError, match=held):
+        PretrainLoader([tmp_path / "one.txt"], 8, SEQ, 0, 0, 1, vocab_file=vocab_file,
+                       eval_fraction=0.02)  # fmt: skip
 
 
 def test_reseated_streams_equal_fresh_generators():

@@ -4,6 +4,7 @@ tokenize real sentences as we do, and reproduce our hidden states and logits."""
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 
@@ -65,6 +66,9 @@ def test_export_loads_with_auto_classes_and_matches(tmp_path, shared_data):
     ]
     assert cli.main(argv) == 0  # fmt: skip
     assert all((out / name).is_file() for name in TOKENIZER_FILES)
+    umask = os.umask(0)
+    os.umask(umask)  # the weights follow the umask like the other files (safetensors: 0600)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
 
     a, b = _rte_pairs(shared_data)
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))

@@ -32,6 +32,11 @@ def _flat(tree):
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
 
 
+def _row_keys(stage_dir):
+    rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], sorted(r)) for r in rows]
+
+
 def _train_losses(stage_dir):
     rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["train/loss"] for r in rows if "train/loss" in r]
@@ -174,21 +179,34 @@ def test_dp_and_fsdp_give_the_losses_of_one_device(tmp_path, method, monkeypatch
 # ----------------------------------------------------------------------------- resume
 
 
-@pytest.mark.parametrize("cut", [4, 3])  # 3: the checkpoint is written before its evaluation
-def test_preempted_stage_resumes_bit_identically(tmp_path, monkeypatch, cut):
-    overrides = ("chain=bipft", "train.max_steps=6", "train.eval_every=3", "train.save_every=2",
-                 "train.keep_state=true", "train.async_checkpoint=false")  # fmt: skip
+class _Crash(Exception):
+    pass
+
+
+# preempt: SIGTERM during step 3 (saved at step 3 after its evaluation). crash: the process dies
+# after step 4 was logged; it resumes from the checkpoint at step 3, written before step 3's
+# evaluation, so that evaluation and step 4 are done again (and written once in metrics.jsonl).
+@pytest.mark.parametrize(("fault", "cut", "save_every"), [("preempt", 3, 2), ("crash", 4, 3)])
+def test_interrupted_stage_resumes_bit_identically(tmp_path, monkeypatch, fault, cut, save_every):
+    overrides = ("chain=bipft", "train.max_steps=6", "train.eval_every=3",
+                 f"train.save_every={save_every}", "train.keep_state=true",
+                 "train.async_checkpoint=false")  # fmt: skip
     cfg = tiny_config("bipft", "sst2", *overrides)
     whole = finetune.run(cfg, tmp_path / "whole")
     calls = {"n": 0}
 
-    def preempt_once():  # SIGTERM arrives during step `cut`
+    def interrupt_once():  # asked once per step, after its log and evaluation
         calls["n"] += 1
+        if calls["n"] == cut and fault == "crash":
+            raise _Crash
         return calls["n"] == cut
 
-    monkeypatch.setattr(ckpt_mod, "preemption_requested", preempt_once)
-    part = finetune.run(cfg, tmp_path / "cut")
-    assert part["status"] == "preempted"
+    monkeypatch.setattr(ckpt_mod, "preemption_requested", interrupt_once)
+    if fault == "crash":
+        with pytest.raises(_Crash):
+            finetune.run(cfg, tmp_path / "cut")
+    else:
+        assert finetune.run(cfg, tmp_path / "cut")["status"] == "preempted"
     assert not (tmp_path / "cut" / "0_bipft" / "results.json").exists()
     monkeypatch.undo()
     resumed = finetune.run(cfg, tmp_path / "cut")
@@ -200,6 +218,8 @@ def test_preempted_stage_resumes_bit_identically(tmp_path, monkeypatch, cut):
         np.testing.assert_array_equal(a[k], b[k], err_msg="/".join(k))
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
     assert strip(whole["result"]) == strip(resumed["result"])
+    # metrics.jsonl: the resume wrote no step twice (the same rows as the uninterrupted run).
+    assert _row_keys(tmp_path / "cut" / "0_bipft") == _row_keys(tmp_path / "whole" / "0_bipft")
     # A finished stage is reused, not retrained; another config in the same workdir is refused.
     again = finetune.run(cfg, tmp_path / "cut")
     assert again["result"]["history"] == resumed["result"]["history"]

@@ -5,6 +5,7 @@ and exit 0), restarted, SIGKILL-ed after its next checkpoint, and restarted agai
 parameters must be equal BIT FOR BIT.
 """
 
+import json
 import re
 import signal
 import time
@@ -68,3 +69,9 @@ def test_sigterm_then_sigkill_then_resume_is_bit_exact(tmp_path, shared_data):
     a, b = final_params(ref_dir), final_params(run_dir)
     assert a["extra"]["loader"] == b["extra"]["loader"]
     assert_trees_equal(a["params"], b["params"])
+    # Each step is in metrics.jsonl once, as in the uninterrupted run (none repeated by a resume).
+    assert _logged_steps(run_dir) == _logged_steps(ref_dir) == list(range(1, TOTAL + 1))
+
+
+def _logged_steps(workdir):
+    return [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -106,3 +106,23 @@ def test_progress_without_speed_info_and_flops_helper():
     # 6N + 12 L S H for BERT-base at seq 128.
     assert M.train_flops_per_token(110_000_000, 12, 128, 768) == 6 * 110e6 + 12 * 12 * 128 * 768
     assert M.format_duration(59.6) == "1m00s" and M.format_duration(3 * 3600 + 65) == "3h01m"
+
+
+def test_resumed_writer_drops_the_rows_it_writes_again(tmp_path):
+    rows = [{"step": s, "train/loss": 0.5 * s} for s in range(1, 7)]
+    rows.insert(3, {"step": 3, "eval/acc": 0.7})  # the evaluation after step 3
+    text = "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 7, "train/lo'  # a torn write
+    (tmp_path / "metrics.jsonl").write_text(text)
+    # Resuming from step 3 whose evaluation is redone: steps 4-7 and eval/ rows of step 3 go.
+    with M.MetricWriter(tmp_path, enabled=True, tensorboard=False, resume_step=3,
+                        redone=("eval/",)) as w:  # fmt: skip
+        w.write_scalars(3, {"eval/acc": 0.75})
+        w.write_scalars(4, {"train/loss": 9.0})
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [*rows[:3], {"step": 3, "eval/acc": 0.75}, {"step": 4, "train/loss": 9.0}]
+    # Without redone rows the step's own rows stay; a fresh start (step 0) keeps nothing after it.
+    assert M.keep_rows_before_resume(tmp_path / "metrics.jsonl", 3) == 1
+    assert [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").open())] == [1, 2, 3, 3]
+    assert M.keep_rows_before_resume(tmp_path / "metrics.jsonl", 0) == 4
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+    assert M.keep_rows_before_resume(tmp_path / "none.jsonl", 5) == 0
