@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0].startswith("--data-dir"):
         flag, _, value = argv.pop(0).partition("=")
         if flag != "--data-dir" or not (value or argv):
-            print(f"bipft: --data-dir needs a directory\n\n{_usage()}", file=sys.stderr)
+            print("bipft: error: --data-dir needs a directory (see bipft --help)", file=sys.stderr)
             return 2
         os.environ[paths.DATA_ENV_VAR] = value or argv.pop(0)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"bipft: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"bipft: error: unknown command {name!r}; commands: {', '.join(COMMANDS)} "
+              "(see bipft --help)", file=sys.stderr)  # fmt: skip
         return 2
     target, _ = COMMANDS[name]
     module_name, func_name = target.split(":")
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith("bipft_jax"):
-            print(f"bipft: command {name!r} is not available in this version", file=sys.stderr)
+            print(
+                f"bipft: error: command {name!r} is not available in this version", file=sys.stderr
+            )
             return 2
         raise
     # The one edge: user errors of every command become one line on stderr and exit code 2.

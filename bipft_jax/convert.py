@@ -17,7 +17,6 @@ and `OUT/model_config.json`; `bipft finetune --config.init.kind=checkpoint
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from bipft_jax.errors import CommandParser
 from bipft_jax.model.reference_import import (
     REFERENCES,
     infer_sizes,
@@ -54,21 +54,40 @@ def read_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         weights, config_file = p, p.parent / "config.json"
     else:
         raise FileNotFoundError(f"reference checkpoint not found: {p}")
-    hf_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    try:
+        hf_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise ConvertError(f"{config_file}:{e.lineno}: not valid JSON ({e.msg})") from e
     if weights.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
-        return {k: np.asarray(v, np.float32) for k, v in load_file(str(weights)).items()}, hf_config
+        try:
+            flat = load_file(str(weights))
+        except Exception as e:  # safetensors' own error type: a damaged or foreign file
+            raise ConvertError(f"cannot read {weights} as safetensors: {_first_words(e)}") from e
+        return {k: np.asarray(v, np.float32) for k, v in flat.items()}, hf_config
     try:
         import torch
     except ImportError as e:
         raise ConvertError(
             f"{weights} is a PyTorch pickle; reading it needs torch (pip install torch)"
         ) from e
-    state = torch.load(str(weights), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(str(weights), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors of a file that is not a PyTorch checkpoint
+        raise ConvertError(
+            f"cannot read {weights} as a PyTorch checkpoint: {_first_words(e)}"
+        ) from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     return {k: v.detach().float().numpy() for k, v in state.items()}, hf_config
+
+
+def _first_words(e: Exception, limit: int = 160) -> str:
+    """The first sentence of an exception, cut to ``limit`` characters (library messages run
+    on)."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+    return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 def model_overrides(kind: str, state: dict, hf_config: dict, sets: dict[str, Any]) -> dict:
@@ -153,7 +172,7 @@ def convert(kind: str, path: str | Path, out: str | Path, sets: dict | None = No
 def main(argv: Sequence[str] | None = None) -> int:
     from bipft_jax.model.presets import parse_overrides
 
-    p = argparse.ArgumentParser(prog="bipft convert", description=__doc__.split("\n")[0])
+    p = CommandParser(prog="bipft convert", description=__doc__.split("\n")[0])
     p.add_argument("--from", dest="kind", required=True, choices=REFERENCES, help="reference code")
     p.add_argument("path", help="checkpoint directory or pytorch_model.bin / .safetensors file")
     p.add_argument("--out", required=True, help="output workdir (checkpoints/ + model card)")

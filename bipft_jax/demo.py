@@ -7,7 +7,6 @@ random full-precision teacher network on Gaussian inputs.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import flax.linen as nn
@@ -15,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bipft_jax.errors import CommandParser
 from bipft_jax.quant import ActQuant, BinaryDense, DenseQuant, WeightQuant
 
 QUANT = {
@@ -83,7 +83,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bipft demo", description=__doc__)
+    parser = CommandParser(prog="bipft demo", description=__doc__)
     parser.add_argument("--preset", choices=sorted(QUANT), default="bit")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)

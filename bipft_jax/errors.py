@@ -9,6 +9,7 @@ errors themselves.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -26,6 +27,15 @@ class UserError(ValueError):
 # GlueDataError, InitError, ExportError, ...) are ValueErrors; OSError covers missing paths,
 # permissions and a full disk.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The argument parser of every `bipft` command: a usage error (unknown option, missing or
+    invalid value) is one stderr line naming the problem and ``--help``, exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        text = " ".join(message.split())
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
 
 
 def one_line(exc: BaseException) -> str:

@@ -29,6 +29,14 @@ def _cases(tmp: Path, shared: Path) -> dict[str, tuple[list[str], str]]:
     """command -> (argv, text the one error line must contain)."""
     params = tmp / "params.msgpack"
     params.write_bytes(b"\x80")  # an empty msgpack map: no params at all
+    junk = tmp / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    (tmp / "junk.msgpack").write_bytes(b"not msgpack at all")
+    tiny = [
+        "--config.init.kind=scratch",
+        "--config.max_train_rows=32",
+        "--config.train.max_steps=2",
+    ]
     return {
         "pretrain-config": (
             ["pretrain", "--config", "configs/pretrain/nope.py", "--workdir", str(tmp / "w")],
@@ -42,6 +50,16 @@ def _cases(tmp: Path, shared: Path) -> dict[str, tuple[list[str], str]]:
         "finetune-task": (
             ["finetune", "--config", f"{GLUE_CFG}:nosuchtask", "--workdir", str(tmp / "w")],
             "has no task 'nosuchtask'",
+        ),
+        "finetune-batch": (
+            ["finetune", "--config", f"{GLUE_CFG}:rte", "--config.train.batch_size=0",
+             "--workdir", str(tmp / "w")],
+            "config key 'train.batch_size' must be an integer >= 1, got 0",
+        ),
+        "finetune-lr": (
+            ["finetune", "--config", f"{GLUE_CFG}:rte", *tiny, "--config.train.lr=-1",
+             "--workdir", str(tmp / "w")],
+            "optimizer config 'lr': expected a finite number >= 0, got -1.0",
         ),
         "finetune-rows": (
             ["finetune", "--config", f"{GLUE_CFG}:rte", "--config.init.kind=scratch",
@@ -68,6 +86,15 @@ def _cases(tmp: Path, shared: Path) -> dict[str, tuple[list[str], str]]:
              "tiny", "--out", str(tmp / "o")],
             "unknown method preset 'xnor'",
         ),
+        "export-params-file": (
+            ["export", "--format", "packed", "--params", str(tmp / "junk.msgpack"), "--preset",
+             "bipft", "--size", "tiny", "--out", str(tmp / "o")],
+            "cannot read params file",
+        ),
+        "export-checkpoint-dir": (  # a directory that is not a run, without --preset/--size
+            ["export", "--format", "hf", "--checkpoint", str(tmp), "--out", str(tmp / "o")],
+            "--checkpoint: checkpoint not found",
+        ),
         "export-checkpoint": (
             ["export", "--format", "hf", "--checkpoint", str(tmp), "--preset", "fp", "--size",
              "tiny", "--out", str(tmp / "o")],
@@ -77,6 +104,10 @@ def _cases(tmp: Path, shared: Path) -> dict[str, tuple[list[str], str]]:
             ["convert", "--from", "bipft", str(tmp / "nope.bin"), "--out", str(tmp / "c")],
             "reference checkpoint not found",
         ),
+        "convert-file": (
+            ["convert", "--from", "bipft", str(junk), "--out", str(tmp / "c")],
+            f"cannot read {junk} as safetensors",
+        ),
         "study-config": (
             ["study", "--config", "configs/study/nope.py", "--workdir", str(tmp / "s")],
             "config file configs/study/nope.py does not exist",
@@ -85,9 +116,10 @@ def _cases(tmp: Path, shared: Path) -> dict[str, tuple[list[str], str]]:
 
 
 CASES = [
-    "pretrain-config", "pretrain-override", "finetune-task", "finetune-rows", "sweep-task",
-    "prepare-vocab", "export-params", "export-preset", "export-checkpoint", "convert-path",
-    "study-config",
+    "pretrain-config", "pretrain-override", "finetune-task", "finetune-batch", "finetune-lr",
+    "finetune-rows", "sweep-task", "prepare-vocab", "export-params", "export-preset",
+    "export-params-file", "export-checkpoint-dir", "export-checkpoint", "convert-path",
+    "convert-file", "study-config",
 ]  # fmt: skip
 
 
@@ -99,6 +131,8 @@ def test_user_error_is_one_line_exit_2(case, tmp_path, shared_data, capsys, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(f"bipft {argv[0]}: error: ") and message in err[0], err
+    # A run refused before it started leaves no config.json (nor any workdir) behind.
+    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize(
@@ -106,18 +140,31 @@ def test_user_error_is_one_line_exit_2(case, tmp_path, shared_data, capsys, monk
     [
         (["stats", "--size", "huge"], "invalid choice: 'huge'"),
         (["stats", "--set", "num_layerz=1"], "num_layerz"),
+        (["stats", "--seq", "-5"], "--seq: expected a positive sequence length, got -5"),
+        (["pretrain", "--config", "configs/pretrain/tiny.py", "--nope"], "unrecognized arguments"),
         (["demo", "--preset", "xnor"], "invalid choice: 'xnor'"),
         (["finetune", "--config", GLUE_CFG], "the following arguments are required: --workdir"),
     ],
 )
-def test_usage_errors_end_in_one_error_line(argv, message, capsys):
-    """argparse's usage errors: its usage line, then one error line, exit code 2."""
+def test_usage_errors_are_one_line(argv, message, capsys):
+    """argparse's usage errors: one error line that points to --help, exit code 2."""
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"bipft {argv[0]}: error: ") and message in err[-1], err
-    assert not any("Traceback" in line for line in err)
+    assert len(err) == 1, err
+    assert err[0].startswith(f"bipft {argv[0]}: error: ") and message in err[0], err
+    assert err[0].endswith(f"(see bipft {argv[0]} --help)")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["nosuch"], "unknown command 'nosuch'; commands: demo,"), (["--data-dir"], "--data-dir")],
+)
+def test_top_level_errors_are_one_line(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bipft: error: ") and message in err[0], err
 
 
 @pytest.mark.parametrize("name", sorted(cli.COMMANDS))

@@ -136,6 +136,8 @@ class PretrainLoader:
             process_count = jax.process_count() if process_count is None else process_count
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+        if global_batch_size < 1:
+            raise ValueError(f"global_batch_size must be at least 1, got {global_batch_size}")
         if rows is None and global_batch_size % process_count:
             raise ValueError(
                 f"global_batch_size={global_batch_size} is not divisible by "

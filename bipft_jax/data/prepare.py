@@ -5,7 +5,6 @@ Each record is one document: int32 little-endian `[n_sentences, len_1..len_n, to
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -24,6 +23,7 @@ from bipft_jax.data.corpus import (
     tokenize_documents,
 )
 from bipft_jax.data.tokenizer import BertTokenizer
+from bipft_jax.errors import CommandParser
 
 FORMAT = "bipft-pretrain-records-v1"
 MANIFEST = "manifest.json"
@@ -191,7 +191,7 @@ def prepare(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bipft prepare", description=__doc__)
+    p = CommandParser(prog="bipft prepare", description=__doc__)
     p.add_argument("--input", nargs="*", default=[], help="text files or globs")
     p.add_argument("--tfds", default=None, help="TFDS text dataset, e.g. wikipedia/20230601.en")
     p.add_argument("--tfds-split", default="train")

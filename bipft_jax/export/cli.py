@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bipft_jax.errors import UserError
+from bipft_jax.errors import CommandParser, UserError, one_line
 
 FORMATS = ("hf", "binary", "packed", "stablehlo")
 HF_MLM_ARCHS = ("BertForMaskedLM", "BertForPreTraining")
@@ -34,7 +34,7 @@ class CliError(UserError):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bipft export", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="bipft export", description=__doc__.split("\n\n")[0])
     p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="training workdir with Orbax checkpoints/")
@@ -94,8 +94,13 @@ def _preset_config(args: argparse.Namespace) -> Any:
 
     if args.preset and args.size:
         return get_model_config(args.preset, args.size, **parse_overrides(args.set))
-    if args.checkpoint and not Path(args.checkpoint).exists():
-        raise CliError(f"--checkpoint: checkpoint not found: {args.checkpoint}")
+    if args.checkpoint:
+        from bipft_jax.checkpoint.restore import CheckpointNotFoundError, run_dir
+
+        try:
+            run_dir(args.checkpoint)
+        except CheckpointNotFoundError as e:
+            raise CliError(f"--checkpoint: {e}") from None
     if args.checkpoint and not (args.preset or args.size):
         from bipft_jax.checkpoint.model_card import (
             ModelCardError,
@@ -131,13 +136,19 @@ def load_params_file(path: str) -> Any:
     if f.suffix == ".msgpack":
         from flax import serialization
 
-        tree = _unbox_state_dict(serialization.msgpack_restore(f.read_bytes()))
+        try:
+            tree = _unbox_state_dict(serialization.msgpack_restore(f.read_bytes()))
+        except Exception as e:  # msgpack's errors of a damaged or foreign file
+            raise CliError(f"cannot read params file {f} as msgpack: {one_line(e)}") from e
         return tree.get("params", tree) if isinstance(tree, Mapping) else tree
     if f.suffix == ".safetensors":
         from flax import traverse_util
         from safetensors.numpy import load_file
 
-        flat = load_file(str(f))
+        try:
+            flat = load_file(str(f))
+        except Exception as e:  # safetensors' own error type
+            raise CliError(f"cannot read params file {f} as safetensors: {one_line(e)}") from e
         tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
         return tree.get("params", tree)
     raise CliError(f"unsupported params file {f}: use .msgpack or .safetensors")

@@ -17,13 +17,12 @@ writes `<workdir>/<i>_<name>/` with `best/` and `final/` params, `metrics.jsonl`
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from bipft_jax.checkpoint import (
 from bipft_jax.checkpoint.model_card import write_model_card
 from bipft_jax.data.glue import GlueDataError, TaskSpec
 from bipft_jax.data.tokenizer import BertTokenizer
+from bipft_jax.errors import CommandParser
 from bipft_jax.glue import data as glue_data
 from bipft_jax.glue.eval import evaluate, predict, write_predictions
 from bipft_jax.glue.init import (
@@ -165,10 +165,12 @@ def run_stage(
     workdir: Path,
     init: tuple[str, str] | dict,
     teacher: Teacher | None,
+    on_start: Callable[[], None] = lambda: None,
 ) -> tuple[dict, BertForSequenceClassification, dict | None]:
     """Train (or resume, or reuse a finished) stage; returns (results, model, best params).
 
     ``results["status"]`` is "done" or "preempted" (a checkpoint was saved; rerun to continue).
+    ``on_start`` is called once the stage is set up (init, optimizer, restore), before training.
     """
     t0 = time.time()
     spec, tr = task.spec, cfg.train
@@ -223,6 +225,7 @@ def run_stage(
         progress = Progress(extra["history"], extra["best"])
         if main_proc:
             print(f"[{spec.name} {stage.name}] resumed at step {start}/{total}", flush=True)
+    on_start()
 
     inter = needs_intermediates(kd)
     kd_options = loss_options(cfg.kd)
@@ -382,6 +385,10 @@ def run(cfg: ConfigDict, workdir: str | Path) -> dict:
         raise ValueError(f"chain {cfg.chain!r} or kd.teacher_path distils, but kd.kind='none'")
     if cfg.kd.kind != "none" and len(stages) == 1 and teacher is None:
         raise ValueError(f"kd.kind={cfg.kd.kind!r} with one stage needs kd.teacher_path")
+    for key, least in (("batch_size", 1), ("eval_batch_size", 1), ("max_length", 8)):
+        if not isinstance(cfg.train[key], int) or cfg.train[key] < least:
+            raise ValueError(f"config key 'train.{key}' must be an integer >= {least}, "
+                             f"got {cfg.train[key]!r}")  # fmt: skip
     if cfg.data_dir and not Path(cfg.data_dir).is_dir():
         raise GlueDataError(f"config key 'data_dir': directory not found: {cfg.data_dir}")
     glue_data.resolve_task(cfg.task)
@@ -389,13 +396,17 @@ def run(cfg: ConfigDict, workdir: str | Path) -> dict:
     workdir = Path(workdir)
     for i, stage in enumerate(stages):  # refuse another config's finished run before writing
         _finished(workdir / f"{i}_{stage.name}", cfg)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        save_config(cfg, workdir)
+
+    # The run is accepted once a stage is set up: a config error leaves no config.json behind.
+    def accepted() -> None:
+        if jax.process_index() == 0:
+            save_config(cfg, workdir)
+
     init: tuple[str, str] | dict = (cfg.init.kind, cfg.init.path)
     all_results = []
     for i, stage in enumerate(stages):
-        results, model, best_params = run_stage(cfg, task, stage, i, workdir, init, teacher)
+        results, model, best_params = run_stage(cfg, task, stage, i, workdir, init, teacher,
+                                                accepted)  # fmt: skip
         all_results.append(results)
         if results["status"] != "done":
             return {"status": results["status"], "stages": all_results}
@@ -411,7 +422,7 @@ def run(cfg: ConfigDict, workdir: str | Path) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bipft finetune", description=__doc__.split("\n")[0])
+    parser = CommandParser(prog="bipft finetune", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="output directory")
     add_distributed_args(parser)
     cfg, args = parse_command_line(parser, list(sys.argv[1:] if argv is None else argv))

@@ -17,7 +17,6 @@ exit code 0. `--commit` commits each run's record and the tables as they land.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -32,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bipft_jax.errors import CommandParser
 from bipft_jax.glue.study_table import build_tables
 from bipft_jax.train.config_io import ConfigDict, parse_command_line
 from bipft_jax.train.pretrain_eval import read_summary
@@ -290,7 +290,7 @@ def run_study(cfg: ConfigDict, workdir: str | Path, *, commit: bool = False,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bipft study", description=__doc__.split("\n")[0])
+    parser = CommandParser(prog="bipft study", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="runs, logs and checkpoints")
     parser.add_argument("--commit", action="store_true", help="git-commit each run's results")
     parser.add_argument("--dry-run", action="store_true", help="print the unfinished commands")

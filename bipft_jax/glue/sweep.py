@@ -21,6 +21,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from bipft_jax.errors import CommandParser
 from bipft_jax.glue.data import resolve_task
 from bipft_jax.glue.finetune import RESULTS
 from bipft_jax.glue.init import parse_chain
@@ -131,7 +132,7 @@ def run_sweep(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="bipft sweep",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

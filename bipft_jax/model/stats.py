@@ -14,7 +14,6 @@ Conventions (methods.md §7, performance.md §4):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -23,6 +22,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import traverse_util
 
+from bipft_jax.errors import CommandParser
 from bipft_jax.model.config import BertConfig, QuantSpec
 from bipft_jax.model.params import (
     abstract_params,
@@ -139,7 +139,7 @@ def flops_report(config: BertConfig, seq: int = 128) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bipft stats", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="bipft stats", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="bipft", choices=METHODS)
     parser.add_argument("--size", default="base", choices=SIZES)
     parser.add_argument("--seq", type=int, default=128)
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         help="config override, e.g. --set quant.estimators.rank=4 --set num_layers=6",
     )
     args = parser.parse_args(argv)
+    if args.seq < 1:
+        parser.error(f"argument --seq: expected a positive sequence length, got {args.seq}")
     try:
         config = get_model_config(args.preset, args.size, **parse_overrides(args.set))
     except ValueError as e:

@@ -34,6 +34,7 @@ from bipft_jax.checkpoint import (
     transfer_params,
 )
 from bipft_jax.checkpoint.model_card import write_model_card
+from bipft_jax.errors import CommandParser
 from bipft_jax.losses import (
     DEFAULT_PRETRAIN_WEIGHTS,
     bipft_pretrain_loss,
@@ -455,7 +456,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str | Path) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="bipft pretrain",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
