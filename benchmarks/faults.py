@@ -1,7 +1,8 @@
 """Fault injection on tiny `bipft pretrain` / `bipft finetune` runs: what happens, what is lost.
 
-Run: ``python benchmarks/faults.py [--only kill_during_step,nan_batch,...]``.
-Writes ``benchmarks/results/faults.{json,md}``.
+Run: ``python benchmarks/faults.py [--only kill_during_step,nan_batch,...]`` (``--only``
+reruns those rows and keeps the others of ``benchmarks/results/faults.json``). Writes
+``benchmarks/results/faults.{json,md}`` (the table: ``faults_report.py``).
 
 Every pretraining run is the real CLI in a subprocess: ``configs/pretrain/tiny.py`` at seq 32,
 batch 8, 12 steps, a checkpoint every 4 (keep 3). A reference run goes uninterrupted. Each fault
@@ -25,9 +26,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from faults_report import write
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = (
@@ -77,7 +80,7 @@ def _inject(fault: str) -> None:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
             return save(self, s, *a, **kw)
 
-        CheckpointManager.save = full  # type: ignore[method-assign]
+        CheckpointManager.save = full  # type: ignore[method-assign,assignment]
     elif kind in ("nan", "nan_from"):  # the loss (and gradients) of training step(s) are NaN
         _inject_nan(step, streak=kind == "nan_from")
     elif kind:
@@ -108,7 +111,7 @@ def _inject_nan(step: int, streak: bool) -> None:
 
         return fn
 
-    pretrain.shard_host_batch = poisoned
+    pretrain.shard_host_batch = poisoned  # type: ignore[assignment]
     pretrain.make_pretrain_loss = loss_maker
 
 
@@ -129,6 +132,7 @@ class Run:
     err: list[str]
     killed: bool = False
     seconds: float = 0.0
+    signalled: list[float] = field(default_factory=list)  # seconds after start of each signal
 
     def last_step(self) -> int:
         done = [int(ln.split()[1].split("/")[0]) for ln in self.out if ln.startswith("step ")]
@@ -151,7 +155,10 @@ class Lab:
         self.cache = self.tmp / "jax_cache"
 
     def run(self, argv: list[str], fault: str = "", devices: int = 1,
-            kill_when: Callable[[Run], bool] | None = None) -> Run:  # fmt: skip
+            kill_when: Callable[[Run], bool] | None = None,
+            signals: Sequence[tuple[Callable[[Run], bool], int]] = ()) -> Run:  # fmt: skip
+        """Run `bipft argv` (with `fault` injected); SIGKILL it once `kill_when` holds, and
+        send each of `signals` (in order) once its condition holds."""
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
                    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                    JAX_COMPILATION_CACHE_DIR=str(self.cache))  # fmt: skip
@@ -160,7 +167,7 @@ class Lab:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
-        run = Run(0, [], [])
+        run, pending = Run(0, [], []), list(signals)
         readers = [threading.Thread(target=lambda s=s, d=d: d.extend(x.rstrip("\n") for x in s))
                    for s, d in ((p.stdout, run.out), (p.stderr, run.err))]  # fmt: skip
         for t in readers:
@@ -170,6 +177,9 @@ class Lab:
                 p.send_signal(signal.SIGKILL)
                 run.killed = True
                 break
+            if pending and pending[0][0](run):
+                p.send_signal(pending.pop(0)[1])
+                run.signalled.append(round(time.perf_counter() - t0, 2))
             time.sleep(0.02)
         run.rc = p.wait(timeout=600)
         for t in readers:
@@ -232,6 +242,15 @@ def largest_file(step_dir: Path) -> Path:
     return max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
+def nonblank(lines: list[str]) -> list[str]:
+    return [ln for ln in lines if ln.strip()]
+
+
+def files_in(workdir: Path) -> list[str] | None:
+    """The names in a workdir; None when there is no workdir at all."""
+    return sorted(p.name for p in workdir.iterdir()) if workdir.is_dir() else None
+
+
 def one_line(run: Run) -> str:
     """The run's error line, else its first warning line."""
     errors, warnings = run.lines("bipft "), run.lines("warning: ")
@@ -245,20 +264,25 @@ def after_commit(workdir: Path, step: int) -> Callable[[Run], bool]:
     return lambda run: step in committed(workdir)
 
 
+def rerun_and_compare(lab: Lab, ref: dict, w: Path, first: Run, what: str, **extra) -> dict:
+    """The row of a faulted run `first` in `w`, rerun with the same command to the end."""
+    again = lab.pretrain(w)
+    row: dict = {
+        "what": what, "first_exit": first.rc, "killed": first.killed,
+        "first_last_step": first.last_step(), "first_message": one_line(first),
+        "rerun_exit": again.rc, "rerun_message": one_line(again),
+        "resumed_from": again.resumed_from(),
+    }  # fmt: skip
+    if again.rc == 0:  # without "resumed from", the rerun started over from step 0
+        row["steps_redone"] = max(first.last_step() - (row["resumed_from"] or 0), 0)
+    if again.rc == 0:
+        row["final_vs_reference"] = compare(params_of(w, TOTAL), ref)
+    return {**row, **extra}
+
+
 def scenarios(lab: Lab, ref: dict) -> dict[str, Callable[[], dict]]:
     def rerun_row(w: Path, first: Run, what: str, **extra) -> dict:
-        again = lab.pretrain(w)
-        row = {
-            "what": what, "first_exit": first.rc, "killed": first.killed,
-            "first_last_step": first.last_step(), "first_message": one_line(first),
-            "rerun_exit": again.rc, "rerun_message": one_line(again),
-            "resumed_from": again.resumed_from(),
-        }  # fmt: skip
-        if row["resumed_from"] is not None:
-            row["steps_redone"] = max(first.last_step() - row["resumed_from"], 0)
-        if again.rc == 0:
-            row["final_vs_reference"] = compare(params_of(w, TOTAL), ref)
-        return {**row, **extra}
+        return rerun_and_compare(lab, ref, w, first, what, **extra)
 
     def kill_during_step() -> dict:
         w = lab.tmp / "kill_step"
@@ -288,7 +312,9 @@ def scenarios(lab: Lab, ref: dict) -> dict[str, Callable[[], dict]]:
         first = lab.pretrain(w, fault="disk_full:8")
         row = rerun_row(w, first, "from the save of step 8 on, every write past 1 MiB per file "
                         "fails (RLIMIT_FSIZE: the kernel refuses it, as on a full disk)",
-                        checkpoints_after_fault=committed(w))  # fmt: skip
+                        checkpoints_after_first=committed(w),
+                        first_stderr_lines=len(nonblank(first.err)),
+                        first_stderr_head=nonblank(first.err)[:20])  # fmt: skip
         return row
 
     def nan_batch() -> dict:
@@ -345,8 +371,7 @@ def scenarios(lab: Lab, ref: dict) -> dict[str, Callable[[], dict]]:
         return {
             "what": "RTE dev.tsv with a 2-column row (line 6) and an unknown label (line 10)",
             "first_exit": run.rc, "first_message": one_line(run),
-            "stderr_lines": len([ln for ln in run.err if ln.strip()]),
-            "workdir_files": sorted(p.name for p in (lab.tmp / "ft").glob("*")),
+            "stderr_lines": len(nonblank(run.err)), "workdir_files": files_in(lab.tmp / "ft"),
             "skip_bad_rows_kept": f"{kept} of {len(rows) - 1} rows",
         }  # fmt: skip
 
@@ -358,79 +383,114 @@ def scenarios(lab: Lab, ref: dict) -> dict[str, Callable[[], dict]]:
     }  # fmt: skip
 
 
-# ----------------------------------------------------------------------------- report
+def first_hour_scenarios(lab: Lab, ref: dict) -> dict[str, Callable[[], dict]]:
+    """The faults a newcomer found by trying (issue 27): each must be refused in one line, or
+    end in a correct result."""
 
+    def refusal(run: Run, what: str, workdir: Path, **extra) -> dict:
+        return {"what": what, "first_exit": run.rc, "first_message": one_line(run),
+                "stderr_lines": len(nonblank(run.err)), "workdir_files": files_in(workdir),
+                **extra}  # fmt: skip
 
-def _final(row: dict) -> str:
-    f = row.get("final_vs_reference")
-    if not f:
-        return "-"
-    return "bit-exact" if f["bit_exact"] else f"max abs diff {f['max_abs_diff']:.2e}"
+    def nan_label() -> dict:
+        from bipft_jax import paths
 
+        glue = lab.tmp / "glue_nan" / "STS-B"
+        glue.mkdir(parents=True, exist_ok=True)
+        src = paths.shared_data_dir() / "glue_data" / "STS-B"
+        shutil.copy(src / "dev.tsv", glue / "dev.tsv")
+        rows = (src / "train.tsv").read_text().splitlines()
+        rows[7] = rows[7].rsplit("\t", 1)[0] + "\tnan"  # line 8: a score of nan
+        (glue / "train.tsv").write_text("\n".join(rows) + "\n")
+        w = lab.tmp / "ft_nan"
+        run = lab.run(["finetune", "--config", "configs/glue/bipft.py:stsb",
+                       "--config.init.kind=scratch", f"--config.data_dir={glue.parent}",
+                       "--workdir", str(w)])  # fmt: skip
+        return refusal(run, "STS-B train.tsv whose line 8 has the score `nan`", w)
 
-def summarize(name: str, row: dict) -> tuple[str, str, str]:
-    """(what happened, what was lost, final params vs reference) of one row, from its fields."""
-    if "resumed_from" in row:  # interrupted / damaged, then rerun
-        final = _final(row)
-        if "eight_devices_throughout_vs_reference" in row:
-            control = row["eight_devices_throughout_vs_reference"]["max_abs_diff"]
-            same = row["final_vs_eight_devices_throughout"]
-            same_text = "bit-exact" if same["bit_exact"] else f"{same['max_abs_diff']:.2e}"
-            final += (f" (an uninterrupted 8-device run differs by {control:.2e}; this run vs "
-                      f"that one: {same_text})")  # fmt: skip
-        first = f"exit {row['first_exit']}" + (" (SIGKILL)" if row["killed"] else "")
-        said = [m for m in (row["first_message"], row["rerun_message"]) if m]
-        happened = (f"first run: {first} after step {row['first_last_step']}; rerun: exit "
-                    f"{row['rerun_exit']}, resumed from step {row['resumed_from']}")  # fmt: skip
-        if said:
-            happened += "; said: " + " / ".join(f"`{m}`" for m in said)
-        n = row.get("steps_redone", "?")
-        lost = f"{n} step{'' if n == 1 else 's'} redone; no data lost"
-        if "mismatch_message" in row:
-            happened += (f"; rerun with model.size=mini: exit {row['mismatch_exit']}, "
-                         f"`{row['mismatch_message']}`")  # fmt: skip
-        return happened, lost, final
-    if name == "malformed_glue_rows":
-        happened = (f"exit {row['first_exit']}, {row['stderr_lines']} stderr line: "
-                    f"`{row['first_message']}`; with data/glue skip_bad_rows=True: "
-                    f"{row['skip_bad_rows_kept']} kept")  # fmt: skip
-        return happened, f"no training started (workdir holds {row['workdir_files']})", "-"
-    happened = (f"exit {row['first_exit']}; {len(row['warnings'])} warning line(s), first: "
-                f"`{row['warnings'][0] if row['warnings'] else ''}`")  # fmt: skip
-    if row.get("first_message"):
-        happened += f"; `{row['first_message']}`"
-    happened += (f"; checkpoints {row['checkpoints']}, all finite: "
-                 f"{row['checkpoints_finite']}")  # fmt: skip
-    if name == "nan_batch":
-        lost = f"{row['batches_dropped']} batch dropped (its update skipped); no checkpoint lost"
-    else:
-        lost = ("the NaN steps' updates (none applied); the run stops, its checkpoints hold the "
-                "last good params")  # fmt: skip
-    return happened, lost, _final(row)
+    def nan_lr() -> dict:
+        w = lab.tmp / "nan_lr"
+        run = lab.pretrain(w, "--config.optim.lr=nan")
+        return refusal(run, "`bipft pretrain --config.optim.lr=nan`", w,
+                       checkpoints=committed(w))  # fmt: skip
 
+    def refused_rerun() -> dict:
+        w = lab.tmp / "refused"
+        shutil.copytree(lab.tmp / "reference", w)  # a finished run
+        names = ("config.json", "config_hash.txt", "model_config.json")
+        before = {n: (w / n).read_bytes() for n in names}
+        run = lab.pretrain(w, "--config.model.size=mini")
+        after = {n: (w / n).read_bytes() if (w / n).is_file() else None for n in names}
+        export = lab.run(["export", "--format", "binary", "--checkpoint", str(w), "--out",
+                          str(lab.tmp / "refused_export")])  # fmt: skip
+        return refusal(run, "the finished reference run's workdir, rerun with another config "
+                       "(model.size=mini)", w, record_unchanged=before == after,
+                       export_exit=export.rc, export_message=one_line(export))  # fmt: skip
 
-def write(results: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "faults.json").write_text(json.dumps(results, indent=2) + "\n")
-    m = results["machine"]
-    lines = [
-        "# Faults tried on tiny runs: what happened, what was lost",
-        "",
-        f"Produced by `python benchmarks/faults.py` on {m['cpu']} ({m['cpus']} CPUs), JAX "
-        f"{m['jax']}, {results['date']}. Pretraining: `configs/pretrain/tiny.py`, seq 32, batch "
-        f"8, {TOTAL} steps, a checkpoint every {EVERY}; the reference run took "
-        f"{results['reference']['seconds']} s. Steps redone = last step the faulted process "
-        "finished - the step the rerun resumed from. Goal: nothing lost beyond the steps since "
-        "the last good checkpoint.",
-        "",
-        "| fault | what was done | what happened | work / data lost | final params vs reference |",
-        "|---|---|---|---|---|",
-    ]
-    for name, row in results["faults"].items():
-        happened, lost, final = summarize(name, row)
-        lines.append(f"| {name} | {row['what']} | {happened} | {lost} | {final} |")
-    lines += ["", "Raw fields of every row: `faults.json`."]
-    (RESULTS / "faults.md").write_text("\n".join(lines) + "\n")
+    def interrupted(twice: bool) -> Callable[[], dict]:
+        def scenario() -> dict:
+            w = lab.tmp / ("ctrl_c_twice" if twice else "ctrl_c")
+            signals = [(lambda r: r.last_step() >= 6, signal.SIGINT)]
+            if twice:  # the second once the first was taken (its save under way)
+                signals.append((lambda r: any(x.startswith("interrupt:") for x in r.err),
+                                signal.SIGINT))  # fmt: skip
+            first = lab.pretrain(w, signals=signals)
+            extra = {"checkpoints_after_first": committed(w),
+                     "first_stderr_lines": len(nonblank(first.err)),
+                     "first_stderr_head": nonblank(first.err)[:5]}  # fmt: skip
+            if twice and len(first.signalled) == 2:
+                extra["second_interrupt"] = {
+                    "exit": first.rc,
+                    "seconds_after_first": round(first.signalled[1] - first.signalled[0], 2),
+                    "seconds_to_exit": round(first.seconds - first.signalled[1], 2),
+                }
+            what = "Ctrl-C (SIGINT) after step 6 was logged"
+            if twice:
+                what += ", then a second Ctrl-C once the first was acknowledged"
+            return rerun_and_compare(lab, ref, w, first, what, **extra)
+
+        return scenario
+
+    def edited_manifest() -> dict:
+        import contextlib
+        import io
+
+        from bipft_jax.errors import run_command
+        from bipft_jax.infer.fileformat import MANIFEST as PACKED_MANIFEST
+        from bipft_jax.infer.packed_model import load_packed_model
+
+        out = lab.tmp / "packed"
+        export = lab.run(["export", "--format", "packed", "--checkpoint",
+                          str(lab.tmp / "reference"), "--out", str(out)])  # fmt: skip
+        assert export.rc == 0, "\n".join(export.err[-20:])
+        intact = (out / PACKED_MANIFEST).read_text()
+
+        def load(argv: list[str]) -> int:
+            load_packed_model(out)
+            return 0
+
+        load([])  # the intact file loads
+        edits: dict[str, dict] = {}
+        for key, value in (("layer_norm_eps", 1e-3), ("hidden_act", "relu")):
+            body = json.loads(intact)
+            body["config"][key] = value  # still valid JSON, still a valid config
+            (out / PACKED_MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True))
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                code = run_command("bipft", load, [])
+            lines = nonblank(err.getvalue().splitlines())
+            edits[f"{key}={value}"] = {"exit": code, "stderr_lines": len(lines),
+                                       "message": lines[-1] if lines else ""}  # fmt: skip
+        (out / PACKED_MANIFEST).write_text(intact)
+        return {"what": "`bipft export --format packed` of the reference run; its manifest.json "
+                "edited to other valid JSON, then loaded (`load_packed_model`)",
+                "intact_loads": True, "edits": edits}  # fmt: skip
+
+    return {
+        "nan_label": nan_label, "nan_lr": nan_lr, "refused_rerun": refused_rerun,
+        "ctrl_c": interrupted(False), "ctrl_c_twice": interrupted(True),
+        "edited_packed_manifest": edited_manifest,
+    }  # fmt: skip
 
 
 def cpu_name() -> str:
@@ -446,6 +506,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="comma-separated fault names")
     ap.add_argument("--keep", action="store_true", help="keep the work directories")
+    ap.add_argument("--note", default="", help="a sentence on the run's conditions (load)")
     args = ap.parse_args()
     import jax
 
@@ -455,22 +516,28 @@ def main() -> None:
     ref_run = lab.pretrain(tmp / "reference")
     assert ref_run.rc == 0, "\n".join(ref_run.err[-30:])
     ref = params_of(tmp / "reference", TOTAL)
-    table = scenarios(lab, ref)
+    table = {**scenarios(lab, ref), **first_hour_scenarios(lab, ref)}
     chosen = [n for n in args.only.split(",") if n] or list(table)
+    unknown = sorted(set(chosen) - set(table))
+    if unknown:
+        ap.error(f"unknown fault(s) {unknown}; choose from {list(table)}")
     old = RESULTS / "faults.json"
     previous = json.loads(old.read_text()) if args.only and old.is_file() else {}
-    faults = dict(previous.get("faults", {}))
+    # Rows kept from an earlier run keep that run's date.
+    faults = {n: {"date": previous.get("date"), **row}
+              for n, row in previous.get("faults", {}).items()}  # fmt: skip
+    today = time.strftime("%Y-%m-%d")
     machine = {"cpu": cpu_name(), "cpus": os.cpu_count(), "jax": jax.__version__}
     for name in chosen:  # the results files are rewritten after every fault
         print(f"fault {name} ...", flush=True)
-        faults[name] = table[name]()
+        faults[name] = {"date": today, **table[name]()}
         print(json.dumps(faults[name], indent=1), flush=True)
         write({
-            "date": time.strftime("%Y-%m-%d"), "machine": machine,
+            "date": today, "machine": machine, "note": args.note,
             "reference": {"seconds": ref_run.seconds, "steps": ref_run.last_step()},
             "faults": {n: faults[n] for n in table if n in faults},
             "seconds": round(time.perf_counter() - t0, 1),
-        })  # fmt: skip
+        }, RESULTS, TOTAL, EVERY)  # fmt: skip
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
 
