@@ -11,9 +11,11 @@ training loop, unmodified, imported from the checkout at ``--bit-repo``) with th
   both the reference's `compute_metrics` (which drives its own model selection) and bipft_jax's
   `task_metrics` (recorded, so both sides are scored by one function), at every evaluation the
   reference makes and once more after the last step (the reference never evaluates its end);
-- the S3 download helpers the reference imports (boto3, requests) are stubbed when absent.
-Writes ``RUN_DIR/curve.json``: every evaluation with its optimizer step, and the share of
-training rows whose token ids equal bipft_jax's encoding.
+- the S3 download helpers the reference imports (boto3, requests) are stubbed when absent;
+- every training step's total loss (read where the loop calls ``backward``) and logit-KD term
+  (``soft_cross_entropy``) are recorded, to set beside bipft_jax's per-step losses.
+Writes ``RUN_DIR/curve.json``: every evaluation with its optimizer step, the per-step training
+losses, and the share of training rows whose token ids equal bipft_jax's encoding.
 """
 
 from __future__ import annotations
@@ -135,6 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         return result
 
     train = kd_learner_glue.KDLearner.train
+    losses: dict[str, list[float]] = {"loss": [], "logit_kd": []}
+    backward, soft_ce = torch.Tensor.backward, kd_learner_glue.soft_cross_entropy
+
+    def record_backward(self, *args, **kw):  # only the training loop calls backward
+        losses["loss"].append(float(self.detach()))
+        return backward(self, *args, **kw)
+
+    def record_soft_ce(*args, **kw):
+        out = soft_ce(*args, **kw)
+        losses["logit_kd"].append(float(out.detach()))
+        return out
 
     def train_then_final_eval(self, train_examples, task_name, output_mode, eval_labels, num_labels,
                               train_dataloader, eval_dataloader, *rest, **kw):  # fmt: skip
@@ -152,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ref.convert_examples_to_features = convert_and_keep
     kd_learner_glue.KDLearner._do_eval = do_eval
     kd_learner_glue.KDLearner.train = train_then_final_eval
+    torch.Tensor.backward = record_backward
+    kd_learner_glue.soft_cross_entropy = record_soft_ce
 
     a.out.mkdir(parents=True, exist_ok=True)
     vocab_dir = a.model  # the directory carries vocab.txt
@@ -185,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         "task": a.task, "seed": a.seed, "side": "reference", "epochs": a.epochs,
         "batch_size": a.batch_size, "lr": a.lr, "max_length": a.max_length,
         "steps_per_epoch": per_epoch, "train_rows": order_n[0], "token_ids_equal": same,
-        "evals": records, "seconds": round(time.time() - t0, 1), "bit_repo": str(repo),
+        "evals": records, "train_losses": losses, "seconds": round(time.time() - t0, 1),
+        "bit_repo": str(repo),
         "torch": torch.__version__, "threads": a.threads,
     }  # fmt: skip
     (a.out / "curve.json").write_text(json.dumps(curve, indent=2))

@@ -103,6 +103,22 @@ def _curve(side: str, run_dir: Path, per_epoch: int) -> tuple[list, dict | None]
     return [(h["step"] // per_epoch, h["metrics"]["dev"]) for h in r["history"]], None
 
 
+def _train_losses(side: str, run_dir: Path) -> dict[str, list[float]]:
+    """Per-step training losses (total and logit-KD term), step 1 first; empty when the run did
+    not record every step (runs made before the control logged them)."""
+    if side == "reference":
+        return json.loads((run_dir / "curve.json").read_text()).get("train_losses", {})
+    rows = {}
+    for f in run_dir.glob("*/metrics.jsonl"):
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            if "train/loss" in r:
+                rows[r["step"]] = r
+    if not rows or sorted(rows) != list(range(1, max(rows) + 1)):
+        return {}
+    return {k: [rows[i][f"train/{k}"] for i in sorted(rows)] for k in ("loss", "logit_kd")}
+
+
 def run_one(a, budget: str, task: str, seed: int, side: str, teacher: Path) -> dict:
     from bipft_jax.glue import data as glue_data
 
@@ -120,7 +136,7 @@ def run_one(a, budget: str, task: str, seed: int, side: str, teacher: Path) -> d
                f"--config.train.epochs={rec['epochs']}", "--config.train.max_steps=0",
                f"--config.train.batch_size={rec['batch_size']}", f"--config.train.lr={rec['lr']}",
                f"--config.train.max_length={rec['max_length']}", "--config.train.eval_every=0",
-               "--config.train.log_every=25", log=log)  # fmt: skip
+               "--config.train.log_every=1", log=log)  # fmt: skip
     else:
         cmd = [sys.executable, str(ROOT / "benchmarks" / "reference_bit_worker.py"),
                "--bit-repo", str(a.bit_repo), "--task", task, "--seed", str(seed),
@@ -133,7 +149,8 @@ def run_one(a, budget: str, task: str, seed: int, side: str, teacher: Path) -> d
     curve, teacher_metrics = _curve(side, run_dir, per_epoch)
     out = {"budget": budget, "task": task, "seed": seed, "side": side, **rec,
            "steps_per_epoch": per_epoch, "curve": [{"epoch": e, "metrics": m} for e, m in curve],
-           "teacher_metrics": teacher_metrics, "wall_s": round(time.time() - t0, 1)}  # fmt: skip
+           "teacher_metrics": teacher_metrics, "train_losses": _train_losses(side, run_dir),
+           "wall_s": round(time.time() - t0, 1)}  # fmt: skip
     if side == "reference":
         c = json.loads((run_dir / "curve.json").read_text())
         out["token_ids_equal"] = c["token_ids_equal"]
@@ -154,10 +171,41 @@ def welch(x: list[float], y: list[float]) -> tuple[float, float]:
     return float(t), float(p)
 
 
-def _fmt(vals: list[float]) -> str:
+def _fmt(vals: list[float], spec: str = ".1f") -> str:
     if not vals:
         return "—"
-    return f"{statistics.median(vals):.1f} [{min(vals):.1f}, {max(vals):.1f}]"
+    return f"{statistics.median(vals):{spec}} [{min(vals):{spec}}, {max(vals):{spec}}]"
+
+
+def epoch_means(losses: list[float], per_epoch: int) -> list[float]:
+    """Mean training loss of each whole epoch."""
+    n = len(losses) // per_epoch
+    return [float(np.mean(losses[e * per_epoch : (e + 1) * per_epoch])) for e in range(n)]
+
+
+def loss_comparison(cell: list[dict]) -> dict:
+    """The training-loss control of one (budget, task): per seed with per-step losses on both
+    sides, each epoch's mean total loss per side and their paired difference (same rows, same
+    order, same start: the sides differ only in dropout draws and rounding), and Welch's test
+    on the last epoch's mean over seeds."""
+    by_seed: dict[int, dict] = {}
+    for r in cell:
+        if r.get("train_losses", {}).get("loss"):
+            by_seed.setdefault(r["seed"], {})[r["side"]] = r
+    seeds = sorted(s for s, sides in by_seed.items() if len(sides) == len(SIDES))
+    out: dict = {"seeds": seeds, "per_seed": {}}
+    last = {side: [] for side in SIDES}
+    for seed in seeds:
+        means = {side: epoch_means(by_seed[seed][side]["train_losses"]["loss"],
+                                   by_seed[seed][side]["steps_per_epoch"])
+                 for side in SIDES}  # fmt: skip
+        diff = [o - f for o, f in zip(means["ours"], means["reference"], strict=False)]
+        out["per_seed"][seed] = {**means, "ours_minus_reference": diff}
+        for side in SIDES:
+            last[side].append(means[side][-1])
+    t, p = welch(last["ours"], last["reference"])
+    out.update(last_epoch=last, welch_t=t, welch_p=p)
+    return out
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -179,6 +227,7 @@ def summarise(runs: list[dict]) -> list[dict]:
             row["sides"][side] = {"seeds": [r["seed"] for r in rs], "final": final, "best": best,
                                   "curve": curve, "one_class_final": one_class,
                                   "wall_s": [r["wall_s"] for r in rs]}  # fmt: skip
+        row["train_loss"] = loss_comparison(cell)
         o, f = row["sides"]["ours"]["final"], row["sides"]["reference"]["final"]
         t, p = welch(o, f)
         row["welch_t"], row["welch_p"] = t, p
@@ -232,6 +281,26 @@ def write_tables(results_dir: Path, meta: dict) -> None:
                 f"{_fmt(s['best'])} | {curve} | {','.join(map(str, s['one_class_final'])) or '—'} "
                 f"| {wall} | {verdict} |"
             )
+    lines += ["", "## Training loss, step by step", "",
+              "Mean total training loss (logit KD + hidden-state MSE) per epoch, both sides "
+              "on the same rows in the same order from the same weights; the difference is "
+              "paired by seed. Welch's test on the last epoch's mean over seeds. Runs made "
+              "before the control recorded every step's loss are left out.", "",
+              "| budget | task | seed | ours per epoch | reference per epoch | ours − reference |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for row in rows:
+        tl = row["train_loss"]
+        for seed, m in tl["per_seed"].items():
+            lines.append(f"| {row['budget']} | {row['task']} | {seed} | "
+                         + " | ".join(" → ".join(f"{v:.4f}" for v in m[k])
+                                      for k in ("ours", "reference", "ours_minus_reference"))
+                         + " |")  # fmt: skip
+        if tl["seeds"]:
+            p = tl["welch_p"]
+            lines.append(f"| {row['budget']} | {row['task']} | last epoch, Welch | "
+                         f"{_fmt(tl['last_epoch']['ours'], '.4f')} | "
+                         f"{_fmt(tl['last_epoch']['reference'], '.4f')}"
+                         f" | p = {p:.2f} |")  # fmt: skip
     toks = [r["token_ids_equal"] for r in runs if "token_ids_equal" in r]
     if toks:
         lines += ["", f"Training rows whose token ids equal on both sides: "
